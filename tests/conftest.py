@@ -63,8 +63,12 @@ def image_tensor(path: str) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
-    """Tiny random models written once per session (checkpoints/, controlnet/, loras/)."""
-    return str(tmp_path_factory.mktemp("models"))
+    """Models folder of the session: tiny random models (checkpoints/, controlnet/, loras/; written by the comfy
+    and server fixtures, which can import ComfyUI) and a stand-in insightface pack (insightface/models/buffalo_l)."""
+    import insightface_standin
+    d = str(tmp_path_factory.mktemp("models"))
+    insightface_standin.write_buffalo_standin(os.path.join(d, "insightface", "models", "buffalo_l"))
+    return d
 
 
 def _custom_nodes_dir(base: str) -> str:

@@ -1,0 +1,547 @@
+"""Face analysis: detection, landmarks, identity embeddings, and the FACE_ANALYSIS type.
+
+Backends
+--------
+* ``dlib`` (default, offline): ``dlib-bin`` + the ``face-recognition-models`` package. HOG detector, 5-point
+  landmarks (optionally 68-point), 128-d identity descriptors compared by Euclidean distance (the usual
+  threshold is 0.6). The 5-point landmarks are refined for sub-pixel stability by averaging the shape
+  predictor over horizontally flipped and slightly shifted/scaled face boxes.
+* ``insightface``: the model packs ComfyUI users already have in ``ComfyUI/models/insightface/models/<pack>/``
+  (buffalo_l, antelopev2), run with onnxruntime on CPU or CUDA. SCRFD detector, 5 keypoints, ArcFace
+  512-d embeddings compared by cosine distance.
+
+FACE_ANALYSIS is a :class:`FaceAnalyzer`: a plain, picklable Python object holding the backend configuration;
+models load lazily on first use and are shared between analyzers with the same configuration.
+Images enter as HxWx3 uint8 RGB numpy arrays (see :func:`to_uint8_rgb`).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .common import CATEGORY, MegaPortraitError, check_image, log, require
+
+BACKENDS = ("dlib", "insightface")
+PROVIDERS = ("auto", "CUDA", "CPU")
+INSIGHTFACE_PACKS = ("buffalo_l", "antelopev2")
+DLIB_FILES = {
+    "shape5": "shape_predictor_5_face_landmarks.dat",
+    "shape68": "shape_predictor_68_face_landmarks.dat",
+    "recognition": "dlib_face_recognition_resnet_model_v1.dat",
+}
+# ArcFace's 112x112 alignment template (image-left eye, image-right eye, nose tip, left/right mouth corner)
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+# the same frame for dlib's 5 points reduced to eye centres + nose base (measured: the nose base sits ~0.72
+# inter-ocular distances below the eye line)
+DLIB_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0, 77.0]], dtype=np.float64)
+_DLIB5_FLIP = [2, 3, 0, 1, 4]        # dlib 5-point order: image-right eye (outer, inner), image-left eye, nose base
+
+
+@dataclass
+class Face:
+    """One detected face, in the pixel coordinates of the image it was found in."""
+    bbox: np.ndarray                  # x0, y0, x1, y1
+    score: float
+    landmarks: np.ndarray             # (N, 2) float, backend-native order ("dlib5", "dlib68" or "kps5")
+    kind: str
+    embedding: np.ndarray | None = None
+
+    @property
+    def size(self) -> float:
+        return float(min(self.bbox[2] - self.bbox[0], self.bbox[3] - self.bbox[1]))
+
+    @property
+    def area(self) -> float:
+        return float((self.bbox[2] - self.bbox[0]) * (self.bbox[3] - self.bbox[1]))
+
+    @property
+    def center(self) -> np.ndarray:
+        return np.array([(self.bbox[0] + self.bbox[2]) / 2, (self.bbox[1] + self.bbox[3]) / 2])
+
+    def alignment_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """Points for the crop alignment and their place in ArcFace's 112x112 template frame."""
+        return alignment_points(self.landmarks, self.kind)
+
+
+def alignment_points(landmarks: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(landmarks, dtype=np.float64)
+    if kind == "kps5":
+        return p, ARCFACE_TEMPLATE
+    if kind == "dlib5":
+        return np.stack([(p[2] + p[3]) / 2, (p[0] + p[1]) / 2, p[4]]), DLIB_TEMPLATE
+    if kind == "dlib68":
+        left, right = p[36:42].mean(0), p[42:48].mean(0)
+        mouth_l, mouth_r = p[48], p[54]
+        return np.stack([left, right, p[30], mouth_l, mouth_r]), ARCFACE_TEMPLATE
+    raise ValueError(f"unknown landmark kind {kind!r}")
+
+
+def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
+    """One ComfyUI IMAGE [H, W, C] (float 0..1) -> HxWx3 uint8 RGB. Grayscale is replicated, alpha dropped."""
+    x = image.detach().float().cpu()
+    if x.shape[-1] == 1:
+        x = x.expand(*x.shape[:-1], 3)
+    elif x.shape[-1] == 4:
+        x = x[..., :3]
+    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).contiguous().numpy()
+
+
+def dlib_model_dir() -> str | None:
+    """Where the dlib model files are: ComfyUI/models/dlib/ if the user put them there, else the
+    face-recognition-models package (located without importing it: its __init__ needs pkg_resources)."""
+    try:
+        import folder_paths
+        for d in _folder_candidates(folder_paths, "dlib"):
+            if os.path.isfile(os.path.join(d, DLIB_FILES["shape5"])):
+                return d
+    except ImportError:
+        pass
+    import importlib.util
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.origin:
+        return None
+    d = os.path.join(os.path.dirname(spec.origin), "models")
+    return d if os.path.isdir(d) else None
+
+
+def _folder_candidates(folder_paths, name: str) -> list[str]:
+    try:
+        paths = list(folder_paths.get_folder_paths(name))
+    except (KeyError, AttributeError):
+        paths = []
+    default = os.path.join(folder_paths.models_dir, name)
+    return paths + ([default] if default not in paths else [])
+
+
+def insightface_roots() -> list[str]:
+    """Candidate ``models/insightface`` folders (ComfyUI's folder_paths when available)."""
+    try:
+        import folder_paths
+    except ImportError:
+        return [os.path.expanduser("~/.insightface")]
+    return _folder_candidates(folder_paths, "insightface")
+
+
+def find_insightface_pack(pack: str) -> str | None:
+    for root in insightface_roots():
+        d = os.path.join(root, "models", pack)
+        if glob.glob(os.path.join(d, "*.onnx")):
+            return d
+    return None
+
+
+def list_insightface_packs() -> list[str]:
+    found = []
+    for root in insightface_roots():
+        for d in sorted(glob.glob(os.path.join(root, "models", "*"))):
+            if os.path.isdir(d) and glob.glob(os.path.join(d, "*.onnx")):
+                found.append(os.path.basename(d))
+    return sorted(set(found) | set(INSIGHTFACE_PACKS))
+
+
+# ------------------------------------------------------------------------------------------------ backends
+_MODEL_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+class _DlibBackend:
+    metric = "euclidean"
+    threshold = 0.6
+    embedding_size = 128
+
+    def __init__(self, node: str, landmarks: str, refine: bool):
+        dlib = require("dlib", node, "dlib-bin", "the dlib face backend")
+        d = dlib_model_dir()
+        if d is None:
+            raise MegaPortraitError(node, "the dlib face models were not found.",
+                                    "python -m pip install face-recognition-models==0.3.0 (or put "
+                                    f"{DLIB_FILES['shape5']} and {DLIB_FILES['recognition']} in ComfyUI/models/dlib/).")
+        self.dlib = dlib
+        self.detector = dlib.get_frontal_face_detector()
+        want = "shape68" if landmarks == "68-point" else "shape5"
+        for key in (want, "recognition"):
+            if not os.path.isfile(os.path.join(d, DLIB_FILES[key])):
+                raise MegaPortraitError(node, f"{DLIB_FILES[key]} is missing from {d}.",
+                                        "reinstall face-recognition-models==0.3.0 or copy the file there.")
+        self.predictor = dlib.shape_predictor(os.path.join(d, DLIB_FILES[want]))
+        self.kind = "dlib68" if want == "shape68" else "dlib5"
+        self.recognizer = dlib.face_recognition_model_v1(os.path.join(d, DLIB_FILES["recognition"]))
+        self.refine = refine
+        self.lock = threading.Lock()
+
+    def detect(self, img: np.ndarray, threshold: float, det_size: int) -> list[Face]:
+        h, w = img.shape[:2]
+        scale = det_size / max(h, w)
+        import cv2
+        small = img if abs(scale - 1) < 1e-3 else cv2.resize(
+            img, (max(1, round(w * scale)), max(1, round(h * scale))),
+            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        with self.lock:
+            rects, scores, _ = self.detector.run(small, 0, threshold)
+            if len(rects) == 0:          # small faces: one more pass with the detector's 2x upsampling
+                rects, scores, _ = self.detector.run(small, 1, threshold)
+        sx, sy = w / small.shape[1], h / small.shape[0]
+        faces = []
+        for r, s in zip(rects, scores):
+            box = np.array([r.left() * sx, r.top() * sy, (r.right() + 1) * sx, (r.bottom() + 1) * sy], dtype=np.float64)
+            faces.append(Face(box, float(s), self.landmarks(img, box), self.kind))
+        return faces
+
+    def _rect(self, cx, cy, half):
+        return self.dlib.rectangle(int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
+
+    def landmarks(self, img: np.ndarray, box: np.ndarray) -> np.ndarray:
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        half = max(box[2] - box[0], box[3] - box[1]) / 2
+        with self.lock:
+            if not self.refine or self.kind != "dlib5":
+                shape = self.predictor(img, self._rect(cx, cy, half))
+                return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+            # sub-pixel refinement: average over flipped and slightly shifted/scaled boxes
+            w = img.shape[1]
+            flipped = np.ascontiguousarray(img[:, ::-1])
+            acc = []
+            for im, flip in ((img, False), (flipped, True)):
+                fcx = (w - 1 - cx) if flip else cx
+                for dx in (-0.04, 0.0, 0.04):
+                    for dy in (-0.04, 0.0, 0.04):
+                        for s in (0.96, 1.0, 1.04):
+                            shape = self.predictor(im, self._rect(fcx + dx * 2 * half, cy + dy * 2 * half, half * s))
+                            q = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+                            if flip:
+                                q[:, 0] = w - 1 - q[:, 0]
+                                q = q[_DLIB5_FLIP]
+                            acc.append(q)
+            return np.mean(acc, axis=0)
+
+    def embed(self, img: np.ndarray, face: Face) -> np.ndarray:
+        # the recognizer's own chip extraction takes the 5 or 68 landmark points
+        parts = [self.dlib.point(int(round(x)), int(round(y))) for x, y in face.landmarks]
+        b = face.bbox
+        rect = self.dlib.rectangle(int(b[0]), int(b[1]), int(b[2]), int(b[3]))
+        shape = self.dlib.full_object_detection(rect, parts)
+        with self.lock:
+            return np.asarray(self.recognizer.compute_face_descriptor(img, shape), dtype=np.float64)
+
+    @staticmethod
+    def distance(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.linalg.norm(np.asarray(a) - np.asarray(b)))
+
+
+class _InsightFaceBackend:
+    metric = "cosine"
+    threshold = 0.65       # cosine distance (1 - cosine similarity); ~0.35 similarity is the usual ArcFace cut-off
+    embedding_size = 512
+    kind = "kps5"
+
+    def __init__(self, node: str, pack: str, provider: str, det_size: int):
+        pack_dir = find_insightface_pack(pack)
+        if pack_dir is None:
+            roots = insightface_roots()
+            where = os.path.join(roots[0], "models", pack) if roots else f"ComfyUI/models/insightface/models/{pack}"
+            raise MegaPortraitError(
+                node, f"the insightface model pack '{pack}' was not found (looked in: "
+                      f"{', '.join(os.path.join(r, 'models', pack) for r in roots)}).",
+                f"put the pack's .onnx files (for buffalo_l: det_10g.onnx, w600k_r50.onnx, 1k3d68.onnx, 2d106det.onnx, "
+                f"genderage.onnx) in {where}/, or use the dlib backend.")
+        require("onnxruntime", node, "onnxruntime-gpu (or onnxruntime)", "the insightface face backend")
+        insightface_app = require("insightface.app", node, "insightface", "the insightface face backend")
+        import onnxruntime
+        available = onnxruntime.get_available_providers()
+        if provider == "CUDA":
+            if "CUDAExecutionProvider" not in available:
+                raise MegaPortraitError(node, "onnxruntime has no CUDA provider here (available: "
+                                              f"{', '.join(available)}).",
+                                        "pip install onnxruntime-gpu, or choose provider CPU.")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif provider == "CPU":
+            providers = ["CPUExecutionProvider"]
+        else:
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        root = os.path.dirname(os.path.dirname(pack_dir))
+        # name + root of an existing folder: insightface loads it and never downloads
+        try:
+            self.app = insightface_app.FaceAnalysis(name=pack, root=root, providers=providers,
+                                                    allowed_modules=["detection", "recognition"])
+        except AssertionError as e:
+            raise MegaPortraitError(node, f"no detection model was recognised in {pack_dir}.",
+                                    "check that the pack's detector (e.g. det_10g.onnx / scrfd_10g_bnkps.onnx) is there.") from e
+        self.app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_size=(det_size, det_size))
+        self.models = sorted(self.app.models)
+        self.pack_dir = pack_dir
+        self.lock = threading.Lock()
+
+    def detect(self, img: np.ndarray, threshold: float, det_size: int) -> list[Face]:
+        bgr = np.ascontiguousarray(img[:, :, ::-1])
+        det = self.app.det_model
+        det.det_thresh = threshold
+        with self.lock:
+            bboxes, kpss = det.detect(bgr, max_num=0)
+        faces = []
+        for i in range(bboxes.shape[0]):
+            faces.append(Face(bboxes[i, :4].astype(np.float64), float(bboxes[i, 4]),
+                              kpss[i].astype(np.float64), "kps5"))
+        return faces
+
+    def embed(self, img: np.ndarray, face: Face) -> np.ndarray:
+        rec = self.app.models.get("recognition")
+        if rec is None:
+            raise RuntimeError(f"the pack in {self.pack_dir} has no recognition model")
+        from insightface.app.common import Face as IFace
+        f = IFace(bbox=face.bbox, kps=face.landmarks.astype(np.float32), det_score=face.score)
+        with self.lock:
+            rec.get(np.ascontiguousarray(img[:, :, ::-1]), f)
+        e = np.asarray(f.embedding, dtype=np.float64)
+        return e / max(np.linalg.norm(e), 1e-12)
+
+    @staticmethod
+    def distance(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        return float(1.0 - a.dot(b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+@dataclass
+class FaceAnalyzer:
+    """FACE_ANALYSIS: backend configuration + lazily loaded, shared models. Picklable (models are not pickled)."""
+    backend: str = "dlib"
+    det_threshold: float = 0.3
+    det_size: int = 640
+    landmarks: str = "5-point"              # dlib only: "5-point" or "68-point"
+    refine_landmarks: bool = True           # dlib only: sub-pixel averaging
+    insightface_pack: str = "buffalo_l"
+    provider: str = "auto"
+    node: str = field(default="Face Analysis", compare=False)
+
+    def _key(self):
+        if self.backend == "dlib":
+            return ("dlib", self.landmarks, self.refine_landmarks)
+        return ("insightface", self.insightface_pack, self.provider, self.det_size)
+
+    @property
+    def impl(self):
+        key = self._key()
+        with _CACHE_LOCK:
+            impl = _MODEL_CACHE.get(key)
+            if impl is None:
+                if self.backend == "dlib":
+                    impl = _DlibBackend(self.node, self.landmarks, self.refine_landmarks)
+                elif self.backend == "insightface":
+                    impl = _InsightFaceBackend(self.node, self.insightface_pack, self.provider, self.det_size)
+                else:
+                    raise MegaPortraitError(self.node, f"unknown face backend {self.backend!r}.", f"use one of {BACKENDS}.")
+                _MODEL_CACHE[key] = impl
+        return impl
+
+    def load(self) -> FaceAnalyzer:
+        self.impl  # noqa: B018  (loads the models now, so a broken install fails in the loader node)
+        return self
+
+    @property
+    def threshold(self) -> float:
+        return self.impl.threshold
+
+    @property
+    def metric(self) -> str:
+        return self.impl.metric
+
+    def detect(self, img: np.ndarray) -> list[Face]:
+        """All faces in an HxWx3 uint8 RGB image, sorted left to right."""
+        faces = self.impl.detect(img, self.det_threshold, self.det_size)
+        return sorted(faces, key=lambda f: (f.center[0], f.center[1]))
+
+    def embed(self, img: np.ndarray, face: Face) -> np.ndarray:
+        if face.embedding is None:
+            face.embedding = self.impl.embed(img, face)
+        return face.embedding
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        return self.impl.distance(a, b)
+
+    def describe(self) -> str:
+        if self.backend == "dlib":
+            return f"dlib ({self.landmarks} landmarks, Euclidean distance, threshold {self.impl.threshold})"
+        return f"insightface {self.insightface_pack} ({self.provider}, cosine distance, threshold {self.impl.threshold})"
+
+
+def largest_face(node: str, analyzer: FaceAnalyzer, img: np.ndarray, what: str) -> tuple[Face, int]:
+    faces = analyzer.detect(img)
+    if not faces:
+        raise MegaPortraitError(node, f"no face was found in {what}.",
+                                "use a photo where the face is clearly visible and at least ~64 px wide, or lower "
+                                "det_threshold in the Face Analysis loader.")
+    return max(faces, key=lambda f: f.area), len(faces)
+
+
+def identity_embedding(node: str, analyzer: FaceAnalyzer, images: torch.Tensor, what: str) -> np.ndarray:
+    """Mean embedding of the largest face of every image of a batch (an identity from several photos)."""
+    images = check_image(node, images, what)
+    embs = []
+    for i in range(images.shape[0]):
+        img = to_uint8_rgb(images[i])
+        face, _ = largest_face(node, analyzer, img, f"{what} (batch item {i})")
+        embs.append(analyzer.embed(img, face))
+    e = np.mean(embs, axis=0)
+    if analyzer.metric == "cosine":
+        e = e / max(np.linalg.norm(e), 1e-12)
+    return e
+
+
+# ----------------------------------------------------------------------------------------------- nodes
+class FaceAnalysisLoader:
+    DESCRIPTION = ("Loads a face analysis backend (detector, landmarks, identity embeddings) for the face crop, "
+                   "paste-back and identity nodes. dlib works offline out of the box; insightface uses the packs in "
+                   "ComfyUI/models/insightface/models/<pack>/.")
+    CATEGORY = f"{CATEGORY}/Face"
+    RETURN_TYPES = ("FACE_ANALYSIS",)
+    RETURN_NAMES = ("face_analysis",)
+    OUTPUT_TOOLTIPS = ("Face analysis models for the MegaPortrait face nodes.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "backend": (list(BACKENDS), {"default": "dlib", "tooltip":
+                        "dlib: HOG detector + 5-point landmarks + 128-d descriptors, offline (pip: dlib-bin, "
+                        "face-recognition-models). insightface: SCRFD + ArcFace from a model pack (non-commercial "
+                        "licence), needs insightface + onnxruntime."}),
+            "det_threshold": ("FLOAT", {"default": 0.3, "min": -2.0, "max": 1.0, "step": 0.05, "tooltip":
+                              "Detection threshold. dlib: HOG score (0.3 default; lower finds harder faces and more false "
+                              "ones). insightface: confidence 0..1 (0.5 is usual)."}),
+            "det_size": ("INT", {"default": 640, "min": 160, "max": 2048, "step": 32, "tooltip":
+                         "Images are resized so their longer side is this many pixels for detection (any input size "
+                         "works); landmarks and embeddings use the full-resolution image."}),
+        }, "optional": {
+            "landmarks": (["5-point", "68-point"], {"default": "5-point", "tooltip":
+                          "dlib only. 5-point (default; CC0 training data) or 68-point (its training data excludes "
+                          "commercial use)."}),
+            "refine_landmarks": ("BOOLEAN", {"default": True, "tooltip":
+                                 "dlib 5-point only: average the landmark predictor over flipped and slightly shifted "
+                                 "boxes for sub-pixel stable landmarks (~50 ms a face). Paste-back alignment needs this."}),
+            "insightface_pack": (list_insightface_packs(), {"default": "buffalo_l", "tooltip":
+                                 "insightface only: the folder name under ComfyUI/models/insightface/models/."}),
+            "provider": (list(PROVIDERS), {"default": "auto", "tooltip":
+                         "insightface only: onnxruntime execution provider (auto = CUDA when available, else CPU)."}),
+        }}
+
+    def load(self, backend, det_threshold, det_size, landmarks="5-point", refine_landmarks=True,
+             insightface_pack="buffalo_l", provider="auto"):
+        node = "Face Analysis Loader"
+        if backend not in BACKENDS:
+            raise MegaPortraitError(node, f"unknown backend {backend!r}.", f"use one of {list(BACKENDS)}.")
+        fa = FaceAnalyzer(backend=backend, det_threshold=float(det_threshold), det_size=int(det_size),
+                          landmarks=landmarks, refine_landmarks=bool(refine_landmarks),
+                          insightface_pack=insightface_pack, provider=provider, node=node)
+        fa.load()
+        log.info("MegaPortrait: face analysis ready: %s", fa.describe())
+        return (fa,)
+
+
+def _faces_report(analyzer, distances, threshold):
+    lines = []
+    for i, d in enumerate(distances):
+        verdict = "same person" if d < threshold else "different person"
+        lines.append(f"item {i}: distance {d:.4f} -> {verdict}")
+    return lines
+
+
+class FaceSimilarity:
+    DESCRIPTION = ("Identity distance between the face in image_a (several images = one identity, averaged) and the "
+                   "face in each image of image_b, with the backend's usual same-person threshold.")
+    CATEGORY = f"{CATEGORY}/Face"
+    RETURN_TYPES = ("FLOAT", "FLOAT", "BOOLEAN", "STRING")
+    RETURN_NAMES = ("distance", "threshold", "same_person", "report")
+    OUTPUT_TOOLTIPS = ("Mean distance over image_b's batch (lower = more alike).",
+                       "The backend's usual threshold (dlib 0.6 Euclidean; insightface 0.65 cosine distance).",
+                       "True when the mean distance is below the threshold.",
+                       "Readable per-item distances.")
+    FUNCTION = "compare"
+    OUTPUT_NODE = True      # shows the report on the node (and in /history) even when nothing is connected
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_analysis": ("FACE_ANALYSIS", {"tooltip": "From the Face Analysis Loader."}),
+            "image_a": ("IMAGE", {"tooltip": "The identity: one photo, or several of the same person (embeddings averaged)."}),
+            "image_b": ("IMAGE", {"tooltip": "Image(s) to compare; the largest face of each is used."}),
+        }}
+
+    def compare(self, face_analysis, image_a, image_b):
+        node = "Face Similarity"
+        ref = identity_embedding(node, face_analysis, image_a, "image_a")
+        image_b = check_image(node, image_b, "image_b")
+        distances = []
+        notes = []
+        for i in range(image_b.shape[0]):
+            img = to_uint8_rgb(image_b[i])
+            face, n = largest_face(node, face_analysis, img, f"image_b (batch item {i})")
+            if n > 1:
+                notes.append(f"item {i}: {n} faces found, the largest was used")
+            distances.append(face_analysis.distance(ref, face_analysis.embed(img, face)))
+        thr = face_analysis.threshold
+        mean = float(np.mean(distances))
+        report = [f"backend: {face_analysis.describe()}"] + _faces_report(face_analysis, distances, thr) + notes
+        report.append(f"mean distance {mean:.4f} (threshold {thr})")
+        text = "\n".join(report)
+        return {"ui": {"text": [text]}, "result": (mean, float(thr), bool(mean < thr), text)}
+
+
+class SelectBestIdentity:
+    DESCRIPTION = "Returns the image of a batch whose face is most similar to the source identity."
+    CATEGORY = f"{CATEGORY}/Face"
+    RETURN_TYPES = ("IMAGE", "INT", "FLOAT", "STRING")
+    RETURN_NAMES = ("best_image", "index", "distance", "report")
+    OUTPUT_TOOLTIPS = ("The most similar batch item.", "Its index in the batch.", "Its identity distance.",
+                       "Readable per-item distances.")
+    FUNCTION = "select"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_analysis": ("FACE_ANALYSIS", {"tooltip": "From the Face Analysis Loader."}),
+            "source": ("IMAGE", {"tooltip": "Photo(s) of the source person (embeddings averaged)."}),
+            "candidates": ("IMAGE", {"tooltip": "Batch to choose from; items without a face are skipped."}),
+        }}
+
+    def select(self, face_analysis, source, candidates):
+        node = "Select Best Identity"
+        ref = identity_embedding(node, face_analysis, source, "source")
+        candidates = check_image(node, candidates, "candidates")
+        distances = []
+        for i in range(candidates.shape[0]):
+            img = to_uint8_rgb(candidates[i])
+            faces = face_analysis.detect(img)
+            if not faces:
+                distances.append(float("inf"))
+                continue
+            face = max(faces, key=lambda f: f.area)
+            distances.append(face_analysis.distance(ref, face_analysis.embed(img, face)))
+        if all(d == float("inf") for d in distances):
+            raise MegaPortraitError(node, "no face was found in any candidate image.",
+                                    "check the candidates (e.g. preview them) or lower det_threshold.")
+        best = int(np.argmin(distances))
+        thr = face_analysis.threshold
+        lines = [f"backend: {face_analysis.describe()}"]
+        for i, d in enumerate(distances):
+            desc = "no face" if d == float("inf") else f"distance {d:.4f} ({'same' if d < thr else 'different'} person)"
+            lines.append(f"item {i}: {desc}" + (" <- best" if i == best else ""))
+        text = "\n".join(lines)
+        return {"ui": {"text": [text]}, "result": (candidates[best:best + 1].clone(), best, float(distances[best]), text)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "MegaPortraitFaceAnalysisLoader": FaceAnalysisLoader,
+    "MegaPortraitFaceSimilarity": FaceSimilarity,
+    "MegaPortraitSelectBestIdentity": SelectBestIdentity,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MegaPortraitFaceAnalysisLoader": "Face Analysis Loader (MegaPortrait)",
+    "MegaPortraitFaceSimilarity": "Face Similarity (MegaPortrait)",
+    "MegaPortraitSelectBestIdentity": "Select Best Identity (MegaPortrait)",
+}

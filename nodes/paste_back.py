@@ -1,0 +1,260 @@
+"""Stage 4 of MegaPortrait: paste the re-rendered face back onto the reference, landmark-aligned.
+
+1. Landmarks are detected again on the re-rendered face and a similarity transform onto the landmarks of the
+   reference crop (FACE_CROP) is estimated, which corrects pose drift of the generated face.
+2. The face is warped back into the reference with the inverse crop transform (sub-pixel, cubic, anti-aliased
+   when it shrinks).
+3. It is blended with a soft mask built in the crop frame (face ellipse, landmark hull or the whole crop; grow
+   or shrink, feather), optionally after matching its colour/luminance to the reference face.
+
+Outputs: the composite, the face mask and a seam mask (a band around the mask edge) for the harmonization
+inpainter. Pixels where the face mask is 0 are exactly the reference's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .common import CATEGORY, MegaPortraitError, check_image, log
+from .face_analysis import FaceAnalyzer
+from .face_crop import FACE_ELLIPSE, CropInfo, FaceCrop, compose, similarity, warp
+
+MASK_TYPES = ("face ellipse", "landmark hull", "whole crop")
+ALIGN_MODES = ("landmarks", "none")
+COLOR_MODES = ("none", "luminance", "mean (Lab)", "mean+std (Lab)")
+MAX_DRIFT_SCALE = 1.5          # a re-detected face further off than this is not trusted (see _drift_ok)
+MAX_DRIFT_ANGLE = 30.0
+
+
+def crop_mask(info: CropInfo, mask_type: str, grow: int, feather: int) -> np.ndarray:
+    """Soft face mask in the crop frame (float32 SxS in 0..1)."""
+    import cv2
+    s = info.crop_size
+    m = np.zeros((s, s), dtype=np.float32)
+    if mask_type == "whole crop":
+        m[:] = 1.0
+    elif mask_type == "face ellipse":
+        c = info.template_to_crop(FACE_ELLIPSE[0][None])[0]
+        axes = FACE_ELLIPSE[1] * (s / (1.0 + 2.0 * info.context)) / 112.0
+        shift = 4   # sub-pixel drawing
+        cv2.ellipse(m, (int(round(c[0] * 2 ** shift)), int(round(c[1] * 2 ** shift))),
+                    (int(round(axes[0] * 2 ** shift)), int(round(axes[1] * 2 ** shift))), 0, 0, 360, 1.0, -1,
+                    lineType=cv2.LINE_AA, shift=shift)
+    elif mask_type == "landmark hull":
+        pts = np.asarray(info.landmarks_crop, dtype=np.float64)
+        if info.kind == "dlib68":
+            outline = np.concatenate([pts[0:17], pts[17:27] - [0, 0.12 * s / (1 + 2 * info.context)]])
+        else:   # 5 points: eyes, nose, (mouth) -> widen about the centroid to cover the face
+            ctr = pts.mean(0)
+            outline = (pts - ctr) * 2.2 + ctr + [0, 0.05 * s]
+        hull = cv2.convexHull(np.round(outline).astype(np.int32))
+        cv2.fillConvexPoly(m, hull, 1.0, lineType=cv2.LINE_AA)
+    else:
+        raise ValueError(f"unknown mask type {mask_type!r}")
+    if grow:
+        r = abs(int(grow))
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        m = cv2.dilate(m, k) if grow > 0 else cv2.erode(m, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    if feather > 0:
+        m = cv2.GaussianBlur(m, (2 * int(feather) + 1, 2 * int(feather) + 1), feather / 2.5, borderType=cv2.BORDER_CONSTANT)
+    return np.clip(m, 0.0, 1.0)
+
+
+def seam_band(mask: np.ndarray, width: int, feather: int) -> np.ndarray:
+    """Band of +-width pixels around the 0.5 level of ``mask`` (float32 in 0..1)."""
+    import cv2
+    if width <= 0:
+        return np.zeros_like(mask)
+    b = (mask > 0.5).astype(np.uint8)
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    band = (cv2.dilate(b, k) - cv2.erode(b, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)).astype(np.float32)
+    if feather > 0:
+        band = cv2.GaussianBlur(band, (2 * feather + 1, 2 * feather + 1), feather / 2.5, borderType=cv2.BORDER_CONSTANT)
+    return np.clip(band, 0.0, 1.0)
+
+
+def _drift_ok(t: np.ndarray, crop_size: int) -> bool:
+    scale = math.sqrt(abs(np.linalg.det(t[:, :2])))
+    angle = math.degrees(math.atan2(t[1, 0], t[0, 0]))
+    shift = np.linalg.norm(t[:, 2] + (t[:, :2] - np.eye(2)) @ np.array([crop_size / 2, crop_size / 2]))
+    return (1 / MAX_DRIFT_SCALE < scale < MAX_DRIFT_SCALE and abs(angle) < MAX_DRIFT_ANGLE and shift < 0.35 * crop_size)
+
+
+def drift_transform(analyzer: FaceAnalyzer | None, face_img: np.ndarray, info: CropInfo) -> tuple[np.ndarray, str]:
+    """Similarity (2x3) from the re-rendered face's crop frame onto the reference crop's landmarks, and a note.
+
+    Falls back to the identity (no correction) when no matching face is found on the re-rendered image."""
+    eye = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    if analyzer is None:
+        return eye, "no FACE_ANALYSIS: no drift correction"
+    s = info.crop_size
+    img8 = (np.clip(face_img, 0, 1) * 255).round().astype(np.uint8)
+    faces = [f for f in analyzer.detect(img8) if f.kind == info.kind]
+    if not faces:
+        return eye, "no face found on the re-rendered image: pasted without drift correction"
+    expected = info.landmarks_crop.mean(0)
+    face = min(faces, key=lambda f: float(np.linalg.norm(f.landmarks.mean(0) - expected)))
+    t = similarity(face.landmarks, info.landmarks_crop)
+    if not _drift_ok(t, s):
+        return eye, "the re-rendered face is too far from the reference pose: pasted without drift correction"
+    return t, "aligned on re-detected landmarks"
+
+
+def color_match(pasted: torch.Tensor, reference: torch.Tensor, region: torch.Tensor, mode: str) -> torch.Tensor:
+    """Match the statistics of ``pasted`` to ``reference`` inside ``region`` (HxW bool), in CIE Lab (kornia)."""
+    if mode == "none" or int(region.sum()) < 16:
+        return pasted
+    import kornia.color as kc
+    p = kc.rgb_to_lab(pasted.permute(2, 0, 1)[None].clamp(0, 1))[0]
+    r = kc.rgb_to_lab(reference.permute(2, 0, 1)[None].clamp(0, 1))[0]
+    pv, rv = p[:, region], r[:, region]
+    mp, mr = pv.mean(1, keepdim=True), rv.mean(1, keepdim=True)
+    chans = [0] if mode == "luminance" else [0, 1, 2]
+    out = p.clone()
+    flat = out.view(3, -1)
+    for c in chans:
+        if mode == "mean+std (Lab)":
+            sp, sr = pv[c].std().clamp_min(1e-3), rv[c].std()
+            flat[c] = (flat[c] - mp[c]) * (sr / sp) + mr[c]
+        else:
+            flat[c] = flat[c] - mp[c] + mr[c]
+    return kc.lab_to_rgb(out[None])[0].permute(1, 2, 0).clamp(0, 1)
+
+
+def paste_one(reference: np.ndarray, info: CropInfo, face: np.ndarray, analyzer: FaceAnalyzer | None, align: str,
+              mask_type: str, grow: int, feather: int, seam_width: int, color: str) -> tuple:
+    """Paste one face (float32 HfxWfx3) onto one reference (float32 HxWxC). Returns (image, mask, seam, note)."""
+    import cv2
+    h, w = info.image_size
+    s = info.crop_size
+    fh, fw = face.shape[:2]
+    # the re-rendered face may come at another resolution than the crop: bring it to crop pixels
+    to_crop = np.array([[s / fw, 0, 0], [0, s / fh, 0]], dtype=np.float64)
+    face_at_crop = face if (fh, fw) == (s, s) else warp(face, to_crop, (s, s))
+    if align == "landmarks":
+        t, note = drift_transform(analyzer, face_at_crop, info)
+    else:
+        t, note = np.array([[1.0, 0, 0], [0, 1.0, 0]]), "alignment off"
+    m_face = compose(info.inverse, compose(t, to_crop))          # face pixel -> reference pixel
+    pasted = warp(face, m_face, (w, h))
+    mask_c = crop_mask(info, mask_type, grow, feather)
+    mask = np.clip(cv2.warpAffine(mask_c, info.inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=0), 0.0, 1.0)
+    seam_c = seam_band(mask_c, seam_width, max(1, feather // 2) if feather else 0)
+    seam = np.clip(cv2.warpAffine(seam_c, info.inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=0), 0.0, 1.0)
+    ref_rgb = torch.from_numpy(np.ascontiguousarray(reference[..., :3]))
+    pasted_t = torch.from_numpy(np.ascontiguousarray(np.clip(pasted, 0, 1)))
+    pasted_t = color_match(pasted_t, ref_rgb, torch.from_numpy(mask > 0.5), color)
+    mt = torch.from_numpy(mask)[..., None]
+    out = torch.from_numpy(reference.copy())
+    out[..., :3] = ref_rgb * (1.0 - mt) + pasted_t * mt
+    zero = torch.from_numpy(mask == 0)
+    out[..., :3][zero] = ref_rgb[zero]             # exactly the reference where the mask is 0
+    return out, torch.from_numpy(mask), torch.from_numpy(seam), note
+
+
+def paste_back(node: str, reference: torch.Tensor, face_crop: FaceCrop, face: torch.Tensor,
+               analyzer: FaceAnalyzer | None = None, align: str = "landmarks", mask_type: str = "face ellipse",
+               grow: int = 0, feather: int = 24, seam_width: int = 16, color: str = "none"):
+    """Batch paste-back. Pairs reference[i] with face[i]; one reference with a batch of faces gives one composite
+    per face. Returns (images [B,H,W,C], masks [B,H,W], seams [B,H,W], notes)."""
+    reference = check_image(node, reference, "reference")
+    face = check_image(node, face, "face")
+    if not isinstance(face_crop, FaceCrop) or len(face_crop) == 0:
+        raise MegaPortraitError(node, "'face_crop' is not a FACE_CROP.", "connect the face_crop output of Face Crop.")
+    n_ref, n_face, n_crop = reference.shape[0], face.shape[0], len(face_crop)
+    if n_ref != n_crop:
+        raise MegaPortraitError(node, f"the reference batch has {n_ref} image(s) but the FACE_CROP describes {n_crop}.",
+                                "connect the same reference image that went into Face Crop.")
+    if n_face != n_crop and n_crop != 1:
+        raise MegaPortraitError(node, f"{n_face} face(s) for {n_crop} crop(s): batch sizes must match.",
+                                "feed one re-rendered face per cropped reference, or a single reference with any number "
+                                "of faces.")
+    if face.shape[1] != face.shape[2]:
+        raise MegaPortraitError(node, f"the face image is {face.shape[2]}x{face.shape[1]}, not square.",
+                                "paste back the square face crop (or its re-rendering at any square size).")
+    ref_np = reference.detach().float().cpu()
+    if ref_np.shape[-1] == 1:
+        ref_np = ref_np.expand(*ref_np.shape[:-1], 3)
+    ref_np = ref_np.numpy()
+    images, masks, seams, notes = [], [], [], []
+    for i in range(max(n_face, n_crop)):
+        k = 0 if n_crop == 1 else i
+        info = face_crop[k]
+        if tuple(info.image_size) != tuple(reference.shape[1:3]):
+            raise MegaPortraitError(node, f"the reference is {reference.shape[2]}x{reference.shape[1]} but the FACE_CROP "
+                                          f"was made from a {info.image_size[1]}x{info.image_size[0]} image.",
+                                    "connect the image that went into Face Crop as 'reference'.")
+        f = face[min(i, n_face - 1)].detach().float().cpu()
+        if f.shape[-1] == 1:
+            f = f.expand(*f.shape[:-1], 3)
+        f = np.ascontiguousarray(f[..., :3].numpy())
+        img, m, sm, note = paste_one(np.ascontiguousarray(ref_np[k]), info, f, analyzer, align, mask_type, int(grow),
+                                     int(feather), int(seam_width), color)
+        images.append(img)
+        masks.append(m)
+        seams.append(sm)
+        notes.append(note)
+    return torch.stack(images), torch.stack(masks), torch.stack(seams), notes
+
+
+class PasteBackNode:
+    DESCRIPTION = ("Pastes the re-rendered face back onto the reference: re-detects its landmarks and aligns them to "
+                   "the reference crop's (corrects pose drift), warps it back with sub-pixel accuracy and blends it with "
+                   "a soft mask. Outputs the composite, the face mask and a seam mask for the Harmonize node.")
+    CATEGORY = f"{CATEGORY}/Face"
+    RETURN_TYPES = ("IMAGE", "MASK", "MASK")
+    RETURN_NAMES = ("image", "face_mask", "seam_mask")
+    OUTPUT_TOOLTIPS = ("Reference with the new face; pixels outside face_mask are unchanged.",
+                       "Soft mask of the pasted face in the reference frame.",
+                       "Band around the face mask's edge: inpaint this to harmonize the seam.")
+    FUNCTION = "paste"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "reference": ("IMAGE", {"tooltip": "The full reference portrait that went into Face Crop."}),
+            "face_crop": ("FACE_CROP", {"tooltip": "From Face Crop: how the crop was made."}),
+            "face": ("IMAGE", {"tooltip": "The re-rendered face (square; any size, e.g. the Shading sampler's output)."}),
+            "align": (list(ALIGN_MODES), {"default": "landmarks", "tooltip":
+                      "landmarks: re-detect the face and correct its pose drift (needs face_analysis). none: paste the "
+                      "crop exactly where it was cut."}),
+            "mask_type": (list(MASK_TYPES), {"default": "face ellipse", "tooltip":
+                          "Blend region: an ellipse from the alignment template (forehead to chin), the hull of the "
+                          "landmarks (68-point: the jaw line), or the whole crop square."}),
+            "grow": ("INT", {"default": 0, "min": -256, "max": 256, "tooltip":
+                     "Grow (>0) or shrink (<0) the mask, in crop pixels."}),
+            "feather": ("INT", {"default": 24, "min": 0, "max": 256, "tooltip":
+                        "Soft edge width in crop pixels (Gaussian)."}),
+            "seam_width": ("INT", {"default": 16, "min": 0, "max": 256, "tooltip":
+                           "Half-width of the seam band around the mask edge, in crop pixels."}),
+            "color_match": (list(COLOR_MODES), {"default": "mean (Lab)", "tooltip":
+                            "Match the pasted face's colour to the reference face before blending: none, luminance only, "
+                            "Lab mean, or Lab mean and contrast."}),
+        }, "optional": {
+            "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Needed for align = landmarks (use the same loader as Face Crop)."}),
+        }}
+
+    def paste(self, reference, face_crop, face, align, mask_type, grow, feather, seam_width, color_match,
+              face_analysis=None):
+        node = "Paste Back"
+        if align == "landmarks" and face_analysis is None:
+            raise MegaPortraitError(node, "align = landmarks needs the face_analysis input.",
+                                    "connect the Face Analysis Loader, or set align to none.")
+        for name, val, allowed in (("align", align, ALIGN_MODES), ("mask_type", mask_type, MASK_TYPES),
+                                   ("color_match", color_match, COLOR_MODES)):
+            if val not in allowed:
+                raise MegaPortraitError(node, f"unknown {name} {val!r}.", f"use one of {list(allowed)}.")
+        img, mask, seam, notes = paste_back(node, reference, face_crop, face, face_analysis, align, mask_type, grow,
+                                            feather, seam_width, color_match)
+        for i, n in enumerate(notes):
+            if "without" in n:
+                log.warning("MegaPortrait Paste Back (item %d): %s", i, n)
+        return (img, mask, seam)
+
+
+NODE_CLASS_MAPPINGS = {"MegaPortraitPasteBack": PasteBackNode}
+NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitPasteBack": "Paste Back (MegaPortrait)"}
