@@ -23,6 +23,11 @@ CTX = 32          # context_dim == tiny CLIP hidden size
 CH = 32           # model_channels
 HEADS = 2
 CKPT_NAME = "tiny_sd15.safetensors"
+SDXL_CKPT_NAME = "tiny_sdxl.safetensors"
+SDXL_CONTROLNET_NAME = "tiny_sdxl_controlnet.safetensors"
+XL_CLIP = 32          # hidden size of both tiny SDXL text encoders (clip_l and clip_g)
+XL_CTX = 2 * XL_CLIP  # SDXL context = concat(clip_l, clip_g)
+XL_ADM = XL_CLIP + 6 * 256   # pooled clip_g projection + six 256-d size embeddings
 CONTROLNET_NAME = "tiny_controlnet.safetensors"
 LORA_NAME = "tiny_lora.safetensors"
 
@@ -43,14 +48,31 @@ TINY_UNET_CONFIG = {
     "context_dim": CTX, "use_temporal_resblock": False, "use_temporal_attention": False,
 }
 
+TINY_SDXL_CLIP_CONFIGS = {
+    "l": dict(TINY_CLIP_CONFIG, hidden_size=XL_CLIP, projection_dim=XL_CLIP, num_hidden_layers=3),
+    "g": dict(TINY_CLIP_CONFIG, hidden_size=XL_CLIP, projection_dim=XL_CLIP, num_hidden_layers=3, hidden_act="gelu",
+              bos_token_id=49406, pad_token_id=0),
+}
+
+TINY_SDXL_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": XL_ADM, "num_classes": "sequential", "in_channels": 4, "out_channels": 4, "model_channels": CH,
+    "num_res_blocks": [1, 1], "transformer_depth": [0, 1], "transformer_depth_output": [0, 0, 1, 1],
+    "channel_mult": [1, 2], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
+    "context_dim": XL_CTX, "use_temporal_resblock": False, "use_temporal_attention": False,
+    "num_heads": -1, "num_head_channels": 32,
+}
+
 _registered = None
+_registered_xl = None
 
 
-def _clip_config_path() -> str:
-    p = os.path.join(tempfile.gettempdir(), f"megaportrait_tiny_clip_{os.getuid() if hasattr(os, 'getuid') else 0}.json")
+def _clip_config_path(name: str = "sd15", config: dict = TINY_CLIP_CONFIG) -> str:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    p = os.path.join(tempfile.gettempdir(), f"megaportrait_tiny_clip_{name}_{uid}.json")
     tmp = p + f".{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(TINY_CLIP_CONFIG, f)
+        json.dump(config, f)
     os.replace(tmp, p)
     return p
 
@@ -90,6 +112,7 @@ def register():
 
     sm.models.insert(0, TinySD15)
     _registered = (TinySD15, TinyClipModel)
+    register_sdxl()
     return _registered
 
 
@@ -155,8 +178,9 @@ def build_lora_sd(ckpt_sd: dict, rank: int = 4, seed: int = 4, targets=LORA_TARG
     return out
 
 
-def write_all(models_dir: str) -> dict:
-    """Write the tiny checkpoint, ControlNet and LoRA under ``models_dir``/{checkpoints,controlnet,loras}."""
+def write_all(models_dir: str, sdxl: bool = True) -> dict:
+    """Write the tiny checkpoints (SD1.5- and SDXL-shaped), ControlNets and LoRA under
+    ``models_dir``/{checkpoints,controlnet,loras}."""
     import safetensors.torch as st
     for sub in ("checkpoints", "controlnet", "loras"):
         os.makedirs(os.path.join(models_dir, sub), exist_ok=True)
@@ -164,4 +188,87 @@ def write_all(models_dir: str) -> dict:
     st.save_file(ck, os.path.join(models_dir, "checkpoints", CKPT_NAME))
     st.save_file(build_controlnet_sd(), os.path.join(models_dir, "controlnet", CONTROLNET_NAME))
     st.save_file(build_lora_sd(ck), os.path.join(models_dir, "loras", LORA_NAME))
-    return {"checkpoint": CKPT_NAME, "controlnet": CONTROLNET_NAME, "lora": LORA_NAME}
+    out = {"checkpoint": CKPT_NAME, "controlnet": CONTROLNET_NAME, "lora": LORA_NAME}
+    if sdxl:
+        out["sdxl"] = write_sdxl(models_dir)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ SDXL-shaped
+def register_sdxl():
+    """Define the TinySDXL family (a subclass of ComfyUI's SDXL: two text encoders, pooled + size conditioning
+    through adm) and put it first in the supported models. Idempotent."""
+    global _registered_xl
+    if _registered_xl is not None:
+        return _registered_xl
+    import inspect
+
+    import comfy.sd1_clip as sd1_clip
+    import comfy.sdxl_clip as sdxl_clip
+    import comfy.supported_models as sm
+    import comfy.supported_models_base as smb
+
+    new_api = "model_options" in inspect.signature(sd1_clip.SDClipModel.__init__).parameters
+    l_json = _clip_config_path("sdxl_l", TINY_SDXL_CLIP_CONFIGS["l"])
+    g_json = _clip_config_path("sdxl_g", TINY_SDXL_CLIP_CONFIGS["g"])
+
+    def _clip(json_path, device, dtype, model_options, **kw):
+        if new_api:
+            kw["model_options"] = model_options
+        return sd1_clip.SDClipModel(layer="hidden", layer_idx=-2, device=device, dtype=dtype, textmodel_json_config=json_path,
+                                    layer_norm_hidden_state=False, **kw)
+
+    class TinySDXLClipModel(sdxl_clip.SDXLClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **kw):
+            torch.nn.Module.__init__(self)
+            self.clip_l = _clip(l_json, device, dtype, model_options)
+            g_opts = {**model_options, "model_name": "clip_g"}
+            self.clip_g = _clip(g_json, device, dtype, g_opts, special_tokens={"start": 49406, "end": 49407, "pad": 0},
+                                return_projected_pooled=True)
+            self.dtypes = {dtype}
+
+    class TinySDXL(sm.SDXL):
+        unet_config = {"model_channels": CH, "use_linear_in_transformer": True, "transformer_depth": [0, 1],
+                       "context_dim": XL_CTX, "adm_in_channels": XL_ADM, "use_temporal_attention": False}
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 32}
+
+        def clip_target(self, state_dict={}):
+            return smb.ClipTarget(sdxl_clip.SDXLTokenizer, TinySDXLClipModel)
+
+    sm.models.insert(0, TinySDXL)
+    _registered_xl = (TinySDXL, TinySDXLClipModel)
+    return _registered_xl
+
+
+@torch.no_grad()
+def build_sdxl_checkpoint_sd(seed: int = 10) -> dict:
+    import comfy.taesd.taesd
+    TinySDXL, TinySDXLClipModel = register_sdxl()
+    mc = TinySDXL(dict(TINY_SDXL_UNET_CONFIG))
+    mc.set_inference_dtype(torch.float32, None)
+    base = mc.get_model({}, "")
+    _reinit(base.diffusion_model, seed)
+    clip = _reinit(TinySDXLClipModel(device="cpu", dtype=torch.float32), seed + 1)
+    vae = _reinit(comfy.taesd.taesd.TAESD(), seed + 2)
+    sd = base.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+@torch.no_grad()
+def build_sdxl_controlnet_sd(seed: int = 13, hint_channels: int = 3) -> dict:
+    import comfy.cldm.cldm
+    register_sdxl()
+    cfg = dict(TINY_SDXL_UNET_CONFIG)
+    cfg.pop("out_channels")
+    cfg.update(hint_channels=hint_channels, dtype=torch.float32)
+    cn = _reinit(comfy.cldm.cldm.ControlNet(**cfg), seed)
+    return {k: v.contiguous() for k, v in cn.state_dict().items()}
+
+
+def write_sdxl(models_dir: str) -> dict:
+    import safetensors.torch as st
+    for sub in ("checkpoints", "controlnet"):
+        os.makedirs(os.path.join(models_dir, sub), exist_ok=True)
+    st.save_file(build_sdxl_checkpoint_sd(), os.path.join(models_dir, "checkpoints", SDXL_CKPT_NAME))
+    st.save_file(build_sdxl_controlnet_sd(), os.path.join(models_dir, "controlnet", SDXL_CONTROLNET_NAME))
+    return {"checkpoint": SDXL_CKPT_NAME, "controlnet": SDXL_CONTROLNET_NAME}
