@@ -10,7 +10,7 @@ import importlib
 from . import deps
 from .common import log
 
-STAGE_MODULES = ("face_analysis", "face_crop", "maps", "paste_back")
+STAGE_MODULES = ("face_analysis", "face_crop", "source_photos", "identity_lora", "maps", "paste_back")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

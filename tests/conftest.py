@@ -98,6 +98,8 @@ def comfy(tmp_path_factory, models_dir):
     for kind in MODEL_KINDS:
         os.makedirs(os.path.join(models_dir, kind), exist_ok=True)
         h.folder_paths.add_model_folder_path(kind, os.path.join(models_dir, kind))
+        paths = h.folder_paths.folder_names_and_paths[kind][0]    # ours first: LoRAs are written to paths[0]
+        paths.insert(0, paths.pop(paths.index(os.path.join(models_dir, kind))))
     work = str(tmp_path_factory.mktemp("inproc"))
     for sub in ("input", "output", "temp"):
         os.makedirs(os.path.join(work, sub), exist_ok=True)
@@ -130,7 +132,7 @@ def server(tmp_path_factory, models_dir):
         # writing needs ComfyUI importable in this process
         comfy_harness.import_comfy(COMFY_ROOT)
         tiny_models.write_all(models_dir)
-    env = {"OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1", "MEGAPORTRAIT_MODELS_FIRST": models_dir}
     if comfy_harness.needs_stubs(COMFY_ROOT):
         env["PYTHONPATH"] = comfy_harness.STUBS + os.pathsep + os.environ.get("PYTHONPATH", "")
     for kind in MODEL_KINDS:

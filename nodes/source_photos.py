@@ -1,0 +1,208 @@
+"""The Identity Net's data: a few photos of the source person, any sizes, made into one square IMAGE batch.
+
+Photos are never stretched: each is cropped to a square (around the face when a FACE_ANALYSIS is given, else
+centred) and resized to the training resolution. When there are fewer photos than wanted, documented
+augmentations (mirror, zoom/shift, small rotation, brightness/contrast) make up the difference.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .common import CATEGORY, MegaPortraitError, log
+from .face_analysis import FaceAnalyzer, to_uint8_rgb
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def square_box(h: int, w: int, center: tuple | None = None, side: float | None = None) -> tuple[int, int, int]:
+    """A square (x0, y0, side) inside an HxW image, as close as possible to ``center`` / ``side``."""
+    max_side = min(h, w)
+    s = int(round(min(side if side else max_side, max_side)))
+    cx, cy = center if center is not None else (w / 2, h / 2)
+    x0 = int(round(min(max(cx - s / 2, 0), w - s)))
+    y0 = int(round(min(max(cy - s / 2, 0), h - s)))
+    return x0, y0, s
+
+
+def face_square(analyzer: FaceAnalyzer, img: np.ndarray, face_scale: float) -> tuple[int, int, int] | None:
+    faces = analyzer.detect(img)
+    if not faces:
+        return None
+    f = max(faces, key=lambda f: f.area)
+    cx, cy = f.center
+    cy -= 0.1 * f.size                      # a little more forehead/hair than chin
+    return square_box(img.shape[0], img.shape[1], (cx, cy), f.size * face_scale)
+
+
+def resize_square(img: torch.Tensor, resolution: int) -> torch.Tensor:
+    """[H, W, C] square -> [R, R, C] (area when shrinking, bicubic when enlarging)."""
+    x = img.permute(2, 0, 1)[None]
+    mode = "area" if img.shape[0] >= resolution else "bicubic"
+    kw = {} if mode == "area" else {"align_corners": False}
+    out = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode=mode, **kw)
+    return out[0].permute(1, 2, 0).clamp(0, 1)
+
+
+def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyzer: FaceAnalyzer | None = None,
+                  face_scale: float = 2.2, require_face: bool = True) -> torch.Tensor:
+    """Crop every [H, W, C] photo to a square (face-aware with ``analyzer``) and resize to ``resolution``."""
+    out, missing = [], []
+    for i, p in enumerate(photos):
+        p = p.float()
+        if p.shape[-1] == 1:
+            p = p.expand(*p.shape[:-1], 3)
+        p = p[..., :3]
+        h, w = p.shape[:2]
+        box = None
+        if analyzer is not None:
+            box = face_square(analyzer, to_uint8_rgb(p), face_scale)
+            if box is None:
+                missing.append(i)
+                continue
+        if box is None:
+            box = square_box(h, w)
+        x0, y0, s = box
+        out.append(resize_square(p[y0:y0 + s, x0:x0 + s], resolution))
+    if missing and require_face:
+        raise MegaPortraitError(node, f"no face was found in photo(s) {', '.join(map(str, missing))} "
+                                      f"(of {len(photos)}, counted from 0).",
+                                "remove those photos, or disconnect face_analysis to use centred crops.")
+    return torch.stack(out) if out else torch.zeros(0, resolution, resolution, 3)
+
+
+def augment(photos: torch.Tensor, target: int, seed: int = 0) -> torch.Tensor:
+    """Make ``photos`` [N, R, R, 3] up to ``target`` items: copies with a mirror (every other copy), zoom 1.0-1.15
+    with a shift of up to 4%, rotation of up to 4 degrees, brightness and contrast within 6%. Originals first."""
+    import kornia.geometry.transform as kt
+    n, r = photos.shape[0], photos.shape[1]
+    if n == 0 or target <= n:
+        return photos
+    g = torch.Generator().manual_seed(seed)
+    extra = []
+    for k in range(target - n):
+        src = photos[k % n].permute(2, 0, 1)[None]
+        if (k // n) % 2 == 0:
+            src = src.flip(-1)
+        u = torch.rand(6, generator=g)
+        zoom = 1.0 + 0.15 * u[0]
+        angle = (u[1] * 2 - 1) * 4.0
+        shift = (u[2:4] * 2 - 1) * 0.04 * r
+        center = torch.tensor([[r / 2, r / 2]])
+        m = kt.get_rotation_matrix2d(center, angle[None], torch.stack([zoom, zoom])[None])
+        m[0, :, 2] += shift
+        warped = kt.warp_affine(src, m, (r, r), mode="bicubic", padding_mode="reflection")
+        bright = 1.0 + (u[4] * 2 - 1) * 0.06
+        contrast = 1.0 + (u[5] * 2 - 1) * 0.06
+        mean = warped.mean()
+        warped = ((warped - mean) * contrast + mean) * bright
+        extra.append(warped.clamp(0, 1)[0].permute(1, 2, 0))
+    return torch.cat([photos, torch.stack(extra)])
+
+
+def safe_input_path(node: str, base: str, rel: str) -> str:
+    """``rel`` inside ``base`` (ComfyUI's input folder); absolute paths and '..' are refused."""
+    rel = (rel or "").strip()
+    if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        raise MegaPortraitError(node, f"'{rel}' is not a folder inside ComfyUI's input directory.",
+                                "give a subfolder of ComfyUI/input (e.g. 'megaportrait_source'); absolute paths and '..' "
+                                "are not allowed.")
+    path = os.path.realpath(os.path.join(base, rel))
+    if os.path.commonpath([path, os.path.realpath(base)]) != os.path.realpath(base):
+        raise MegaPortraitError(node, f"'{rel}' points outside ComfyUI's input directory.", "use a subfolder of ComfyUI/input.")
+    return path
+
+
+def load_image_file(path: str) -> torch.Tensor:
+    from PIL import Image, ImageOps
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+
+
+class LoadSourcePhotos:
+    DESCRIPTION = ("Loads the photos of the source person (any sizes) from a folder in ComfyUI's input directory and/or "
+                   "a list of file names, crops each to a square around the face (or the centre) and resizes it, giving "
+                   "one IMAGE batch for the Identity LoRA Trainer. Never stretches a photo.")
+    CATEGORY = f"{CATEGORY}/Identity"
+    RETURN_TYPES = ("IMAGE", "INT")
+    RETURN_NAMES = ("photos", "count")
+    OUTPUT_TOOLTIPS = ("Square photos, resolution x resolution, originals first, then augmented copies.",
+                       "Number of photos in the batch.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "folder": ("STRING", {"default": "megaportrait_source", "tooltip":
+                       "Subfolder of ComfyUI/input holding the source photos (upload them there, e.g. with the runner "
+                       "or by copying). Empty = only the files listed below."}),
+            "filenames": ("STRING", {"default": "", "multiline": True, "tooltip":
+                          "Extra files in ComfyUI/input, one per line (e.g. photos uploaded with Load Image)."}),
+            "resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip":
+                           "Side of the square output (512 for SD1.5, 1024 for SDXL)."}),
+            "face_scale": ("FLOAT", {"default": 2.2, "min": 1.0, "max": 8.0, "step": 0.1, "tooltip":
+                           "With face_analysis: square side = face size x this (2.2 = head and a bit of shoulders)."}),
+            "min_photos": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
+                           "If fewer photos are found, add augmented copies (mirror, zoom/shift, small rotation, "
+                           "brightness/contrast) up to this number. 0 = never augment."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed of the augmentations."}),
+        }, "optional": {
+            "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Crop around the face (recommended). Photos without a face "
+                                                           "then raise an error naming them."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, folder, filenames, **kw):
+        """Re-run when the files change (ComfyUI otherwise caches by widget values)."""
+        try:
+            import folder_paths
+            base = folder_paths.get_input_directory()
+        except ImportError:
+            return float("nan")
+        paths = _list_files(base, folder, filenames, strict=False)
+        return ";".join(f"{p}:{os.path.getmtime(p)}:{os.path.getsize(p)}" for p in paths)
+
+    def load(self, folder, filenames, resolution, face_scale, min_photos, seed, face_analysis=None):
+        node = "Load Source Photos"
+        import folder_paths
+        base = folder_paths.get_input_directory()
+        paths = _list_files(base, folder, filenames, strict=True)
+        if not paths:
+            raise MegaPortraitError(node, f"no photos found in ComfyUI/input/{folder} or in the file list.",
+                                    f"put 3-20 photos of the person in {os.path.join(base, folder)} (PNG/JPG/WebP).")
+        photos = [load_image_file(p) for p in paths]
+        batch = square_photos(node, photos, int(resolution), face_analysis, float(face_scale))
+        if min_photos and batch.shape[0] < min_photos:
+            log.info("MegaPortrait: %d photo(s) found, adding %d augmented copies", batch.shape[0], min_photos - batch.shape[0])
+            batch = augment(batch, int(min_photos), int(seed))
+        return (batch, int(batch.shape[0]))
+
+
+def _list_files(base: str, folder: str, filenames: str, strict: bool) -> list[str]:
+    node = "Load Source Photos"
+    paths = []
+    if folder and folder.strip():
+        d = safe_input_path(node, base, folder)
+        if os.path.isdir(d):
+            paths += [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        elif strict:
+            raise MegaPortraitError(node, f"the folder ComfyUI/input/{folder} does not exist.",
+                                    f"create {d} and put the source photos in it, or list files in 'filenames'.")
+    for line in (filenames or "").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        p = safe_input_path(node, base, line)
+        if not os.path.isfile(p):
+            if strict:
+                raise MegaPortraitError(node, f"'{line}' is not a file in ComfyUI/input.", "check the file name (one per line).")
+            continue
+        paths.append(p)
+    return paths
+
+
+NODE_CLASS_MAPPINGS = {"MegaPortraitLoadSourcePhotos": LoadSourcePhotos}
+NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitLoadSourcePhotos": "Load Source Photos (MegaPortrait)"}
