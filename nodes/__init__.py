@@ -1,7 +1,15 @@
 """MegaPortrait nodes, one module per pipeline stage (see README):
 
-    deps      optional-dependency report (logged once at load)
-    maps      stage 2: light map / HF map
+    face_analysis     FACE_ANALYSIS (dlib / insightface), identity similarity
+    face_crop         aligned reference face crop, FACE_CROP
+    source_photos     the source person's photos as one square batch
+    identity_lora     stage 1, training: the Identity Net LoRA
+    identity_sampler  stage 1, inference: dual-strength (reference-like / source-like) sampler
+    maps              stage 2: light map / HF map
+    shading           stage 3: Shading Net (two ControlNets)
+    paste_back        stage 4: landmark-aligned paste-back, face and seam masks
+    harmonize         stage 5: Harmonization Net (masked inpainting)
+    common, deps, sampling   shared helpers
 """
 from __future__ import annotations
 
@@ -10,7 +18,8 @@ import importlib
 from . import deps
 from .common import log
 
-STAGE_MODULES = ("face_analysis", "face_crop", "source_photos", "identity_lora", "maps", "paste_back")
+STAGE_MODULES = ("face_analysis", "face_crop", "source_photos", "identity_lora", "identity_sampler", "maps",
+                 "shading", "paste_back", "harmonize")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

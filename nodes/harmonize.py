@@ -1,0 +1,192 @@
+"""Stage 5 of MegaPortrait: the Harmonization Net.
+
+Inpainting with the (identity) model fuses the pasted face with the body: the seam (or face) mask is grown and
+feathered, optionally only a padded box around it is sampled at a working resolution (fast on 2048 px images),
+the result is stitched back with the feathered mask, and every pixel where that mask is 0 is exactly the input's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .common import CATEGORY, MegaPortraitError, check_image, check_mask
+from .sampling import apply_controlnet, check_controlnet, decode, sampling_inputs
+
+
+def prepare_mask(mask: torch.Tensor, grow: int, feather: int) -> torch.Tensor:
+    """Grow (dilate, or shrink if negative) by ``grow`` pixels, then feather with a Gaussian of radius ``feather``.
+    Values stay exactly 0 beyond grow + feather pixels from the mask. [H, W] float in 0..1."""
+    import cv2
+    m = mask.detach().float().cpu().numpy().astype(np.float32)
+    if grow:
+        r = abs(int(grow))
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        m = cv2.dilate(m, k) if grow > 0 else cv2.erode(m, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    if feather > 0:
+        f = int(feather)
+        m = cv2.GaussianBlur(m, (2 * f + 1, 2 * f + 1), f / 2.5, borderType=cv2.BORDER_CONSTANT)
+    return torch.from_numpy(np.clip(m, 0.0, 1.0))
+
+
+def mask_box(m: torch.Tensor, padding: float) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) around the mask's support, padded by ``padding`` x its size on each side, inside the image."""
+    h, w = m.shape
+    ys, xs = torch.nonzero(m > 0, as_tuple=True)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    px, py = int(math.ceil((x1 - x0) * padding)), int(math.ceil((y1 - y0) * padding))
+    return max(0, x0 - px), max(0, y0 - py), min(w, x1 + px), min(h, y1 + py)
+
+
+def working_size(bw: int, bh: int, resolution: int) -> tuple[int, int]:
+    """Size (multiples of 8) of a bw x bh box scaled so that its longer side is ``resolution``."""
+    s = resolution / max(bw, bh)
+    return max(8, int(round(bw * s / 8)) * 8), max(8, int(round(bh * s / 8)) * 8)
+
+
+def _resize(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """[N, H, W, C] -> [N, h, w, C] (area when shrinking, bicubic when enlarging)."""
+    c = x.permute(0, 3, 1, 2)
+    if (h, w) == tuple(c.shape[-2:]):
+        return x.clone()
+    if h < c.shape[-2] and w < c.shape[-1]:
+        out = F.interpolate(c, size=(h, w), mode="area")
+    else:
+        out = F.interpolate(c, size=(h, w), mode="bicubic", align_corners=False)
+    return out.permute(0, 2, 3, 1).clamp(0, 1)
+
+
+def inpaint_hint(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hint for SD inpainting ControlNets (control_v11p_sd15_inpaint convention): masked pixels set to -1."""
+    hint = image[..., :3].clone()
+    hint[mask > 0.5] = -1.0
+    return hint
+
+
+def harmonize_one(node: str, model, positive, negative, vae, image: torch.Tensor, mask: torch.Tensor, seed: int,
+                  steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float, grow: int, feather: int,
+                  crop_to_mask: bool, padding: float, resolution: int, control_net=None, control_strength: float = 1.0):
+    """One image [H, W, C] and mask [H, W] -> (image [H, W, C], sampled latent dict)."""
+    import nodes as comfy_nodes
+    h, w = image.shape[:2]
+    m = prepare_mask(mask, grow, feather)
+    if float(m.max()) <= 0.0 or denoise <= 0:
+        return image.clone(), None
+    if crop_to_mask:
+        x0, y0, x1, y1 = mask_box(m, padding)
+        ww, wh = working_size(x1 - x0, y1 - y0, resolution)
+    else:
+        x0, y0, x1, y1 = 0, 0, w, h
+        ww, wh = int(math.ceil(w / 8) * 8), int(math.ceil(h / 8) * 8)
+    box_img = image[y0:y1, x0:x1, :3][None]
+    box_m = m[y0:y1, x0:x1]
+    if crop_to_mask:
+        work = _resize(box_img, ww, wh)
+        work_m = F.interpolate(box_m[None, None], size=(wh, ww), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    else:   # pad to multiples of 8 with the edge pixels (the VAE needs them); cropped off again below
+        pad = (0, 0, 0, ww - (x1 - x0), 0, wh - (y1 - y0))
+        work = F.pad(box_img.permute(0, 3, 1, 2), pad[2:], mode="replicate").permute(0, 2, 3, 1)
+        work_m = F.pad(box_m[None, None], pad[2:], mode="constant", value=0.0)[0, 0]
+    latent = {"samples": vae.encode(work), "noise_mask": work_m[None, None]}
+    pos, neg = positive, negative
+    if control_net is not None and control_strength > 0:
+        pos, neg = apply_controlnet(pos, neg, control_net, inpaint_hint(work, work_m), control_strength, 0.0, 1.0, vae)[:2]
+    sampled = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos, neg, latent,
+                                          denoise=denoise)[0]
+    gen = decode(vae, sampled["samples"])
+    gen = _resize(gen, x1 - x0, y1 - y0) if crop_to_mask else gen[:, : y1 - y0, : x1 - x0]
+    out = image.clone()
+    mb = box_m[..., None].to(out.dtype)
+    blend = box_img[0] * (1 - mb) + gen[0].to(out.dtype) * mb
+    region = out[y0:y1, x0:x1, :3]
+    keep = (box_m == 0)
+    blend[keep] = region[keep]                      # exactly the input where the (feathered) mask is 0
+    out[y0:y1, x0:x1, :3] = blend
+    sampled.pop("noise_mask", None)
+    return out, sampled
+
+
+class Harmonize:
+    DESCRIPTION = ("MegaPortrait Harmonization Net: inpaints around the pasted face's seam (or the whole face) so face and "
+                   "body fuse. crop_to_mask samples only a padded box around the mask at a working resolution and "
+                   "stitches it back; pixels outside the feathered mask are exactly the input's.")
+    CATEGORY = f"{CATEGORY}/Sampling"
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("image", "latent")
+    OUTPUT_TOOLTIPS = ("The harmonized image, same size as the input.",
+                       "The sampled latent of the region that was inpainted (the crop box at working resolution when "
+                       "crop_to_mask is on; the whole image padded to multiples of 8 otherwise).")
+    FUNCTION = "harmonize"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        req = {
+            "model": ("MODEL", {"tooltip": "The model to inpaint with (the identity model keeps the face consistent)."}),
+            "positive": ("CONDITIONING", {"tooltip": "Prompt describing the portrait."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt."}),
+            "vae": ("VAE", {"tooltip": "Encodes and decodes the region."}),
+            "image": ("IMAGE", {"tooltip": "The composite from Paste Back (any size)."}),
+            "mask": ("MASK", {"tooltip": "Where to inpaint: Paste Back's seam_mask (default use) or face_mask; same size "
+                                         "as the image."}),
+        }
+        req.update(sampling_inputs(steps=20, cfg=5.0, sampler="euler", scheduler="karras"))
+        req.update({
+            "denoise": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                        "How much the masked region is redrawn (0.4-0.6 harmonizes without changing the face, as "
+                        "FaceDetailer-style passes do)."}),
+            "grow": ("INT", {"default": 8, "min": -512, "max": 512, "tooltip": "Grow (>0) or shrink (<0) the mask, in pixels."}),
+            "feather": ("INT", {"default": 16, "min": 0, "max": 512, "tooltip":
+                        "Soft edge of the stitch, in pixels; outside grow + feather the image is untouched."}),
+            "crop_to_mask": ("BOOLEAN", {"default": True, "tooltip":
+                             "Sample only a padded box around the mask at working_resolution (fast on large images)."}),
+            "padding": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 4.0, "step": 0.05, "tooltip":
+                        "Context around the mask box, as a fraction of its size, when crop_to_mask is on."}),
+            "working_resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip":
+                                   "Longer side of the sampled box (512 for SD1.5, 1024 for SDXL)."}),
+        })
+        return {"required": req, "optional": {
+            "control_net": ("CONTROL_NET", {"tooltip": "Optional inpainting ControlNet (e.g. control_v11p_sd15_inpaint): its "
+                                                       "hint is the region with masked pixels set to -1."}),
+            "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                                 "Inpainting ControlNet strength."}),
+        }}
+
+    def harmonize(self, model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler, denoise,
+                  grow, feather, crop_to_mask, padding, working_resolution, control_net=None, control_strength=1.0):
+        node = "Harmonize"
+        image = check_image(node, image)
+        mask = check_mask(node, mask, image)
+        if mask is None:
+            raise MegaPortraitError(node, "no mask given.", "connect Paste Back's seam_mask or face_mask.")
+        if working_resolution % 8:
+            raise MegaPortraitError(node, f"working_resolution {working_resolution} is not a multiple of 8.", "use 512 or 1024.")
+        if control_net is not None and control_strength > 0:
+            check_controlnet(node, "control_net", control_net, model)
+        images, latents = [], []
+        for i in range(image.shape[0]):
+            out, lat = harmonize_one(node, model, positive, negative, vae, image[i], mask[i], seed + i, steps, cfg,
+                                     sampler_name, scheduler, denoise, grow, feather, crop_to_mask, padding,
+                                     working_resolution, control_net, control_strength)
+            images.append(out)
+            latents.append(lat)
+        shapes = {tuple(lat["samples"].shape[1:]) for lat in latents if lat is not None}
+        if any(lat is None for lat in latents) or len(shapes) != 1:
+            # nothing sampled (empty mask / denoise 0) or boxes of different sizes: the latent of the output image
+            lat_out = {"samples": vae.encode(_pad8(torch.stack(images)))}
+        else:
+            lat_out = {"samples": torch.cat([lat["samples"] for lat in latents])}
+        return (torch.stack(images), lat_out)
+
+
+def _pad8(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[1], x.shape[2]
+    ph, pw = (-h) % 8, (-w) % 8
+    if not (ph or pw):
+        return x[..., :3]
+    return F.pad(x[..., :3].permute(0, 3, 1, 2), (0, pw, 0, ph), mode="replicate").permute(0, 2, 3, 1)
+
+
+NODE_CLASS_MAPPINGS = {"MegaPortraitHarmonize": Harmonize}
+NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitHarmonize": "Harmonize (MegaPortrait)"}

@@ -1,0 +1,160 @@
+"""Thin helpers over ComfyUI's own sampling, shared by the three diffusion stages.
+
+Everything goes through ComfyUI: ``comfy.samplers.KSampler`` for sigma schedules, ``comfy.sample.prepare_noise``
+for seeded noise, ``comfy.sample.sample_custom`` (what KSamplerAdvanced runs) for the denoising loops, the stock
+ControlNetApplyAdvanced node for ControlNets and ``latent_preview`` for previews, so seeds, samplers, schedulers,
+previews and model management behave exactly as with KSampler.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .common import MegaPortraitError
+
+# samplers whose steps depend only on the current latent and sigmas (no history, no random noise): a run can be
+# split at any step and continued with the same result, which lets two branches share model passes
+SPLITTABLE_SAMPLERS = ("euler", "heun", "dpm_2", "ddim")
+
+
+def sampler_names() -> list[str]:
+    import comfy.samplers
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    import comfy.samplers
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def sampling_inputs(steps: int = 20, cfg: float = 5.0, sampler: str = "euler", scheduler: str = "karras",
+                    steps_tip: str = "Denoising steps.") -> dict:
+    """The usual seed / steps / cfg / sampler / scheduler widgets, with tooltips."""
+    samplers, schedulers = sampler_names(), scheduler_names()
+    return {
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                         "tooltip": "Noise seed (same seed + settings = same image, as with KSampler)."}),
+        "steps": ("INT", {"default": steps, "min": 1, "max": 10000, "tooltip": steps_tip}),
+        "cfg": ("FLOAT", {"default": cfg, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                          "tooltip": "Classifier-free guidance scale."}),
+        "sampler_name": (samplers, {"default": sampler if sampler in samplers else samplers[0],
+                                    "tooltip": "ComfyUI sampler (the same list as KSampler)."}),
+        "scheduler": (schedulers, {"default": scheduler if scheduler in schedulers else schedulers[0],
+                                   "tooltip": "ComfyUI noise schedule (the same list as KSampler)."}),
+    }
+
+
+def schedule(model, sampler_name: str, scheduler: str, steps: int) -> torch.Tensor:
+    """The sigmas KSampler would use for ``steps`` steps at denoise 1 (on the CPU)."""
+    import comfy.samplers
+    # current ComfyUI's KSampler takes the ModelPatcher; the early-2024 one takes the inner BaseModel
+    target = model if hasattr(model, "get_model_object") else model.model
+    ks = comfy.samplers.KSampler(target, steps=steps, device=model.load_device, sampler=sampler_name,
+                                 scheduler=scheduler, denoise=1.0, model_options=model.model_options)
+    return ks.sigmas.detach().float().cpu()
+
+
+def branch_steps(steps: int, denoise: float) -> int:
+    """How many of ``steps`` a branch with ``denoise`` runs (the last ones), as KSamplerAdvanced's start_at_step."""
+    return int(round(steps * min(max(float(denoise), 0.0), 1.0)))
+
+
+def prepare_noise(latent: dict, seed: int) -> torch.Tensor:
+    import comfy.sample
+    return comfy.sample.prepare_noise(latent["samples"], seed, latent.get("batch_index"))
+
+
+class Progress:
+    """One progress bar with latent previews across several sampling segments."""
+
+    def __init__(self, model, total: int):
+        import comfy.utils
+        import latent_preview
+        self.pbar = comfy.utils.ProgressBar(total)
+        self.total = max(1, total)
+        self.done = 0
+        try:
+            self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        except Exception:  # previews are cosmetic; never fail a run for them
+            self.previewer = None
+
+    def callback(self):
+        start = self.done
+
+        def cb(step, x0, x, total_steps):
+            preview = None
+            if self.previewer is not None:
+                try:
+                    preview = self.previewer.decode_latent_to_preview_image("JPEG", x0)
+                except Exception:
+                    preview = None
+            self.done = start + step + 1
+            self.pbar.update_absolute(min(self.done, self.total), self.total, preview)
+        return cb
+
+
+def sample_segment(model, noise: torch.Tensor, latent_image: torch.Tensor, sigmas: torch.Tensor, positive, negative,
+                   cfg: float, sampler_name: str, seed: int, noise_mask: torch.Tensor | None = None,
+                   callback=None) -> torch.Tensor:
+    """Denoise along ``sigmas`` with ComfyUI's sampler (as KSamplerAdvanced does for a slice of a schedule)."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy.utils
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+                                     noise_mask=noise_mask, callback=callback,
+                                     disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    return out.to(latent_image.device if latent_image.device.type == "cpu" else out.device)
+
+
+def encode(node: str, vae, image: torch.Tensor) -> torch.Tensor:
+    h, w = image.shape[1], image.shape[2]
+    if h % 8 or w % 8:
+        raise MegaPortraitError(node, f"the image is {w}x{h}; the VAE needs sides that are multiples of 8.",
+                                "crop or resize it to multiples of 8 (Face Crop sizes always are).")
+    return vae.encode(image[..., :3])
+
+
+def decode(vae, samples: torch.Tensor) -> torch.Tensor:
+    return vae.decode(samples).clamp(0, 1)
+
+
+def apply_controlnet(positive, negative, control_net, image: torch.Tensor, strength: float, start: float, end: float,
+                     vae=None):
+    """The stock ControlNetApplyAdvanced (strength 0 returns the conditioning untouched)."""
+    import nodes as comfy_nodes
+    node = comfy_nodes.ControlNetApplyAdvanced()
+    if "vae" in inspect.signature(node.apply_controlnet).parameters:
+        return node.apply_controlnet(positive, negative, control_net, image, strength, start, end, vae=vae)
+    return node.apply_controlnet(positive, negative, control_net, image, strength, start, end)
+
+
+def _context_dim_of_controlnet(control_net) -> int | None:
+    cm = getattr(control_net, "control_model", None)
+    if not isinstance(cm, torch.nn.Module):
+        return None
+    for name, mod in cm.named_modules():
+        if name.endswith("attn2.to_k") and hasattr(mod, "weight"):
+            return int(mod.weight.shape[1])
+    return None
+
+
+def model_context_dim(model) -> int | None:
+    cfg = getattr(model.model.model_config, "unet_config", {}) or {}
+    cd = cfg.get("context_dim")
+    return int(cd) if cd else None
+
+
+def check_controlnet(node: str, input_name: str, control_net, model) -> None:
+    """Refuse a ControlNet made for another model family (e.g. an SDXL ControlNet on an SD1.5 MODEL) with a
+    clear message, instead of a shape error deep inside sampling."""
+    if control_net is None:
+        return
+    cn_dim, m_dim = _context_dim_of_controlnet(control_net), model_context_dim(model)
+    if cn_dim is not None and m_dim is not None and cn_dim != m_dim:
+        fam = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+        raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for a model with text context {cn_dim} "
+                                      f"({fam.get(cn_dim, 'another family')}) but the MODEL has {m_dim} "
+                                      f"({fam.get(m_dim, 'its family')}).",
+                                "load a ControlNet made for the checkpoint's family.")

@@ -1,0 +1,124 @@
+"""Stage 3 of MegaPortrait: the Shading Net.
+
+Off-the-shelf ControlNets re-render the face: one conditioned on the light map (the reference's shading, e.g. a
+tile/blur ControlNet), one on the HF map (the source identity's detail, e.g. a lineart/softedge/tile ControlNet).
+The ControlNets are applied with the stock ControlNetApplyAdvanced logic and sampled with ComfyUI's KSampler
+machinery; strength 0 on both is plain sampling, exactly.
+"""
+from __future__ import annotations
+
+import torch
+
+from .common import CATEGORY, MegaPortraitError, check_image
+from .sampling import apply_controlnet, check_controlnet, decode, encode, sampling_inputs
+
+
+def _net_inputs(prefix: str, what: str, strength: float, start: float, end: float) -> dict:
+    return {
+        f"{prefix}_strength": ("FLOAT", {"default": strength, "min": 0.0, "max": 10.0, "step": 0.01,
+                                         "tooltip": f"Strength of the {what} ControlNet (0 = off)."}),
+        f"{prefix}_start": ("FLOAT", {"default": start, "min": 0.0, "max": 1.0, "step": 0.001,
+                                      "tooltip": f"Where the {what} ControlNet starts (fraction of the schedule)."}),
+        f"{prefix}_end": ("FLOAT", {"default": end, "min": 0.0, "max": 1.0, "step": 0.001,
+                                    "tooltip": f"Where the {what} ControlNet stops (fraction of the schedule)."}),
+    }
+
+
+def shading_sample(node: str, model, positive, negative, vae, light_map: torch.Tensor, hf_map: torch.Tensor,
+                   light_net, hf_net, light: tuple, hf: tuple, seed: int, steps: int, cfg: float, sampler_name: str,
+                   scheduler: str, denoise: float, latent: dict) -> dict:
+    for name, net, params in (("light_control_net", light_net, light), ("hf_control_net", hf_net, hf)):
+        if net is not None and params[0] > 0:
+            check_controlnet(node, name, net, model)
+    if light_net is not None:
+        positive, negative = apply_controlnet(positive, negative, light_net, light_map, *light, vae)[:2]
+    if hf_net is not None:
+        positive, negative = apply_controlnet(positive, negative, hf_net, hf_map, *hf, vae)[:2]
+    if denoise <= 0:
+        return latent.copy()
+    import nodes as comfy_nodes  # ComfyUI's own KSampler path: seeds, noise, previews, model management
+    return comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                                       denoise=denoise)[0]
+
+
+class ShadingSampler:
+    DESCRIPTION = ("MegaPortrait Shading Net: re-renders the face with two off-the-shelf ControlNets, one on the light map "
+                   "(reference shading) and one on the HF map (source identity detail). With an init image/latent and "
+                   "denoise < 1 it refines that image; otherwise it samples from noise at the maps' size.")
+    CATEGORY = f"{CATEGORY}/Sampling"
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("latent", "image")
+    OUTPUT_TOOLTIPS = ("The re-rendered face (latent).", "The re-rendered face: feed it to Paste Back.")
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        req = {
+            "model": ("MODEL", {"tooltip": "The identity model (checkpoint + identity LoRA) or the base checkpoint."}),
+            "positive": ("CONDITIONING", {"tooltip": "Prompt (with the trigger word when the identity LoRA is used)."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative prompt."}),
+            "vae": ("VAE", {"tooltip": "Encodes the init image and decodes the result."}),
+            "light_map": ("IMAGE", {"tooltip": "From the Light Map node (low-pass of the reference-like image)."}),
+            "hf_map": ("IMAGE", {"tooltip": "From the HF Map node (high-pass of the source-like image); same size."}),
+            "light_control_net": ("CONTROL_NET", {"tooltip": "ControlNet for the light map, e.g. a tile/blur ControlNet."}),
+            "hf_control_net": ("CONTROL_NET", {"tooltip": "ControlNet for the HF map, e.g. lineart/softedge or tile."}),
+        }
+        req.update(_net_inputs("light", "light-map", 0.6, 0.0, 1.0))
+        req.update(_net_inputs("hf", "HF-map", 0.5, 0.0, 0.7))
+        req.update(sampling_inputs(steps=25, cfg=5.0, sampler="euler", scheduler="karras"))
+        req["denoise"] = ("FLOAT", {"default": 0.75, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                          "With an init image/latent: how much to redraw (1 = ignore it). Without one, sampling starts "
+                          "from noise whatever this is."})
+        return {"required": req, "optional": {
+            "init_image": ("IMAGE", {"tooltip": "Optional start image (e.g. the source-like image or the recombined maps); "
+                                                "same size as the maps."}),
+            "init_latent": ("LATENT", {"tooltip": "Optional start latent instead of init_image."}),
+        }}
+
+    def sample(self, model, positive, negative, vae, light_map, hf_map, light_control_net, hf_control_net,
+               light_strength, light_start, light_end, hf_strength, hf_start, hf_end, seed, steps, cfg, sampler_name,
+               scheduler, denoise, init_image=None, init_latent=None):
+        node = "Shading Sampler"
+        light_map = check_image(node, light_map, "light_map")
+        hf_map = check_image(node, hf_map, "hf_map")
+        if light_map.shape[1:3] != hf_map.shape[1:3]:
+            raise MegaPortraitError(node, f"light_map is {light_map.shape[2]}x{light_map.shape[1]} but hf_map is "
+                                          f"{hf_map.shape[2]}x{hf_map.shape[1]}.",
+                                    "make both maps from the same face crop (same size).")
+        h, w = light_map.shape[1], light_map.shape[2]
+        if init_latent is not None:
+            if not isinstance(init_latent, dict) or "samples" not in init_latent:
+                raise MegaPortraitError(node, "'init_latent' is not a LATENT.", "connect a LATENT output.")
+            latent = init_latent
+            lh, lw = latent["samples"].shape[-2] * 8, latent["samples"].shape[-1] * 8
+            if (lh, lw) != (h, w):
+                raise MegaPortraitError(node, f"init_latent is {lw}x{lh} px but the maps are {w}x{h}.",
+                                        "use maps and an init latent of the same face crop.")
+        elif init_image is not None:
+            init_image = check_image(node, init_image, "init_image")
+            if init_image.shape[1:3] != light_map.shape[1:3]:
+                raise MegaPortraitError(node, f"init_image is {init_image.shape[2]}x{init_image.shape[1]} but the maps are "
+                                              f"{w}x{h}.", "use the same face crop size for the maps and the init image.")
+            latent = {"samples": encode(node, vae, init_image)}
+        else:
+            if h % 8 or w % 8:
+                raise MegaPortraitError(node, f"the maps are {w}x{h}; sides must be multiples of 8.", "use Face Crop sizes.")
+            b = max(light_map.shape[0], hf_map.shape[0])
+            latent = {"samples": torch.zeros(b, 4, h // 8, w // 8)}
+            denoise = 1.0
+        nb, mb = latent["samples"].shape[0], max(light_map.shape[0], hf_map.shape[0])
+        for name, t in (("light_map", light_map), ("hf_map", hf_map)):
+            if t.shape[0] not in (1, nb):
+                raise MegaPortraitError(node, f"{name} has a batch of {t.shape[0]} but there are {nb} latents.",
+                                        "use one map or one per image.")
+        if mb > nb and nb != 1:
+            raise MegaPortraitError(node, f"maps batch {mb} vs {nb} latents.", "use matching batches.")
+        out = shading_sample(node, model, positive, negative, vae, light_map, hf_map, light_control_net, hf_control_net,
+                             (light_strength, light_start, light_end), (hf_strength, hf_start, hf_end), seed, steps, cfg,
+                             sampler_name, scheduler, denoise, latent)
+        out.pop("noise_mask", None)
+        return (out, decode(vae, out["samples"]))
+
+
+NODE_CLASS_MAPPINGS = {"MegaPortraitShadingSampler": ShadingSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitShadingSampler": "Shading ControlNet Sampler (MegaPortrait)"}
