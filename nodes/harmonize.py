@@ -61,7 +61,7 @@ def _resize(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
 def inpaint_hint(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Hint for SD inpainting ControlNets (control_v11p_sd15_inpaint convention): masked pixels set to -1."""
     hint = image[..., :3].clone()
-    hint[mask > 0.5] = -1.0
+    hint[(mask > 0.5).expand(hint.shape[:-1])] = -1.0
     return hint
 
 
