@@ -442,14 +442,6 @@ class FaceAnalysisLoader:
         return (fa,)
 
 
-def _faces_report(analyzer, distances, threshold):
-    lines = []
-    for i, d in enumerate(distances):
-        verdict = "same person" if d < threshold else "different person"
-        lines.append(f"item {i}: distance {d:.4f} -> {verdict}")
-    return lines
-
-
 class FaceSimilarity:
     DESCRIPTION = ("Identity distance between the face in image_a (several images = one identity, averaged) and the "
                    "face in each image of image_b, with the backend's usual same-person threshold.")
@@ -469,24 +461,33 @@ class FaceSimilarity:
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "From the Face Analysis Loader."}),
             "image_a": ("IMAGE", {"tooltip": "The identity: one photo, or several of the same person (embeddings averaged)."}),
             "image_b": ("IMAGE", {"tooltip": "Image(s) to compare; the largest face of each is used."}),
+        }, "optional": {
+            "on_no_face": (["error", "report"], {"default": "error", "tooltip":
+                           "When an image_b item has no face: stop with an error, or just say so in the report (the "
+                           "item is left out of the mean; with no face at all the distance is infinite)."}),
         }}
 
-    def compare(self, face_analysis, image_a, image_b):
+    def compare(self, face_analysis, image_a, image_b, on_no_face="error"):
         node = "Face Similarity"
         ref = identity_embedding(node, face_analysis, image_a, "image_a")
         image_b = check_image(node, image_b, "image_b")
-        distances = []
-        notes = []
+        distances, lines, notes = [], [], []
+        thr = face_analysis.threshold
         for i in range(image_b.shape[0]):
             img = to_uint8_rgb(image_b[i])
+            faces = face_analysis.detect(img)
+            if not faces and on_no_face == "report":
+                lines.append(f"item {i}: no face found")
+                continue
             face, n = largest_face(node, face_analysis, img, f"image_b (batch item {i})")
             if n > 1:
                 notes.append(f"item {i}: {n} faces found, the largest was used")
-            distances.append(face_analysis.distance(ref, face_analysis.embed(img, face)))
-        thr = face_analysis.threshold
-        mean = float(np.mean(distances))
-        report = [f"backend: {face_analysis.describe()}"] + _faces_report(face_analysis, distances, thr) + notes
-        report.append(f"mean distance {mean:.4f} (threshold {thr})")
+            d = face_analysis.distance(ref, face_analysis.embed(img, face))
+            distances.append(d)
+            lines.append(f"item {i}: distance {d:.4f} -> {'same person' if d < thr else 'different person'}")
+        mean = float(np.mean(distances)) if distances else float("inf")
+        report = [f"backend: {face_analysis.describe()}"] + lines + notes
+        report.append(f"mean distance {mean:.4f} (threshold {thr})" if distances else "no face to compare")
         text = "\n".join(report)
         return {"ui": {"text": [text]}, "result": (mean, float(thr), bool(mean < thr), text)}
 

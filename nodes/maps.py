@@ -122,11 +122,22 @@ def hf_detail(image: torch.Tensor, sigma: float, **kw) -> torch.Tensor:
     return image - low_pass(image, sigma, **kw)
 
 
-def encode_detail(detail: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-    """Map signed detail to an IMAGE in 0..1: ``0.5 + detail * gain / 2`` (clipped only when gain > 1)."""
+ENCODINGS = ("signed", "magnitude")
+
+
+def encode_detail(detail: torch.Tensor, gain: float = 1.0, encoding: str = "signed") -> torch.Tensor:
+    """Map signed detail to an IMAGE in 0..1.
+
+    signed: ``0.5 + detail * gain / 2`` (mid-grey = no detail; invertible, clipped only when gain > 1);
+    magnitude: ``|detail| * gain`` (black = no detail, white edges: the look of soft-edge / line-art ControlNet
+    hints; not invertible)."""
     if not math.isfinite(gain) or gain <= 0:
         raise ValueError(f"gain must be > 0, got {gain}")
-    return (0.5 + detail * (gain / 2.0)).clamp(0.0, 1.0)
+    if encoding == "signed":
+        return (0.5 + detail * (gain / 2.0)).clamp(0.0, 1.0)
+    if encoding == "magnitude":
+        return (detail.abs() * gain).clamp(0.0, 1.0)
+    raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
 
 
 def decode_detail(hf: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
@@ -136,10 +147,11 @@ def decode_detail(hf: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     return (hf - 0.5) * (2.0 / gain)
 
 
-def hf_map(image: torch.Tensor, sigma: float, gain: float = 1.0, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+def hf_map(image: torch.Tensor, sigma: float, gain: float = 1.0, encoding: str = "signed",
+           **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """The HF map (encoded IMAGE in 0..1) and the raw signed detail of ``image``."""
     detail = hf_detail(image, sigma, **kw)
-    return encode_detail(detail, gain), detail
+    return encode_detail(detail, gain, encoding), detail
 
 
 def recombine(light: torch.Tensor, hf: torch.Tensor, gain: float = 1.0, clamp: bool = True) -> torch.Tensor:
@@ -208,25 +220,32 @@ class LightMap:
 
 class HFMap:
     DESCRIPTION = ("MegaPortrait high-frequency map: image minus the same low-pass as the Light Map, i.e. the "
-                   "(source-like) face's identity details without its shading. Output as an IMAGE in 0..1: "
-                   "hf = 0.5 + detail * gain / 2 (0.5 = no detail).")
+                   "(source-like) face's identity details without its shading. Output as an IMAGE in 0..1: signed "
+                   "hf = 0.5 + detail * gain / 2 (0.5 = no detail; Recombine Maps inverts it), or magnitude |detail| * gain "
+                   "(edge-like hint for soft-edge / line-art ControlNets).")
     CATEGORY = f"{CATEGORY}/Maps"
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("hf_map", "detail")
-    OUTPUT_TOOLTIPS = ("Encoded HF map in 0..1 (mid-grey = no detail) for ControlNets and previews.",
+    OUTPUT_TOOLTIPS = ("Encoded HF map in 0..1 for ControlNets and previews.",
                        "Raw signed detail (image - low-pass), values in -1..1; for maths nodes, not for previews.")
     FUNCTION = "run"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return _map_inputs({"gain": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 64.0, "step": 0.01,
-                                               "tooltip": _GAIN_TIP})})
+        types = _map_inputs({"gain": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 64.0, "step": 0.01,
+                                                "tooltip": _GAIN_TIP})})
+        types["optional"]["encoding"] = (list(ENCODINGS), {"default": "signed", "tooltip":
+                                         "signed: 0.5 + detail*gain/2, invertible with Recombine Maps (default). magnitude: "
+                                         "|detail|*gain, white edges on black, for soft-edge / line-art ControlNets."})
+        return types
 
-    def run(self, image, sigma, sigma_mode, filter_type, gain, mask=None):
+    def run(self, image, sigma, sigma_mode, filter_type, gain, mask=None, encoding="signed"):
         image, mask = _checked("HF Map", image, sigma, sigma_mode, filter_type, mask)
         if not math.isfinite(gain) or gain <= 0:
             raise MegaPortraitError("HF Map", f"gain is {gain}; it must be > 0.", "use a gain such as 1.0.")
-        return hf_map(image, sigma, gain, mode=sigma_mode, filter_type=filter_type, mask=mask)
+        if encoding not in ENCODINGS:
+            raise MegaPortraitError("HF Map", f"unknown encoding {encoding!r}.", f"use one of {list(ENCODINGS)}.")
+        return hf_map(image, sigma, gain, encoding, mode=sigma_mode, filter_type=filter_type, mask=mask)
 
 
 class RecombineMaps:

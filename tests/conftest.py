@@ -79,7 +79,7 @@ def _custom_nodes_dir(base: str) -> str:
     return cn
 
 
-MODEL_KINDS = ("checkpoints", "controlnet", "loras", "insightface")
+MODEL_KINDS = ("checkpoints", "controlnet", "loras", "vae", "insightface")
 
 
 @pytest.fixture(scope="session")

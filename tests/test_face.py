@@ -316,6 +316,11 @@ def test_similarity_and_select_best(F, dlib_fa, grace, astronaut):
         F.fa.SelectBestIdentity().select(dlib_fa, grace, noise)
     with pytest.raises(F.Error, match=r"no face was found in image_b \(batch item 0\)"):
         F.fa.FaceSimilarity().compare(dlib_fa, grace, noise)
+    rep = F.fa.FaceSimilarity().compare(dlib_fa, astronaut, torch.cat([noise, astronaut.flip(2)]), on_no_face="report")
+    d, _, same, text = rep["result"]
+    assert "item 0: no face found" in text and "item 1: distance" in text and same and d < 0.45
+    d, _, same, text = F.fa.FaceSimilarity().compare(dlib_fa, grace, noise, on_no_face="report")["result"]
+    assert d == float("inf") and not same and "no face to compare" in text
 
 
 # --------------------------------------------------------------------------------------------- insightface

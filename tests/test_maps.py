@@ -136,6 +136,14 @@ def test_gain_encoding(maps, astronaut):
         maps.encode_detail(detail, 0.0)
 
 
+def test_magnitude_encoding(maps, astronaut):
+    hf, detail = maps.hf_map(astronaut, 8.0, gain=4.0, encoding="magnitude")
+    assert torch.allclose(hf, (detail.abs() * 4).clamp(0, 1))
+    assert hf.min() == 0 and hf.median() < 0.2          # mostly black, bright edges
+    with pytest.raises(ValueError, match="unknown encoding"):
+        maps.encode_detail(detail, 1.0, "log")
+
+
 def test_huge_sigma_is_defined(maps, hopper):
     light = maps.light_map(hopper, 4096.0, mode="pixels")
     assert torch.isfinite(light).all()

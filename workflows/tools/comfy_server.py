@@ -189,7 +189,8 @@ class ComfyServer:
 
     def __init__(self, comfy_root: str, workdir: str | None = None, python: str | None = None,
                  port: int | None = None, models: dict | None = None, custom_nodes: tuple = (),
-                 extra_env: dict | None = None, extra_args: tuple = (), log_path: str | None = None):
+                 extra_env: dict | None = None, extra_args: tuple = (), log_path: str | None = None,
+                 with_pack: bool = True):
         self.root = os.path.abspath(comfy_root)
         if not os.path.isfile(os.path.join(self.root, "main.py")):
             raise ServerError(f"{self.root} is not a ComfyUI folder (no main.py)")
@@ -201,6 +202,7 @@ class ComfyServer:
         self.extra_env = dict(extra_env or {})
         self.extra_args = list(extra_args)
         self.log_path = log_path or os.path.join(self.workdir, "server.log")
+        self.with_pack = with_pack
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = ComfyClient(self.url)
@@ -221,7 +223,8 @@ class ComfyServer:
             p = os.path.join(cn, entry)
             if os.path.islink(p):
                 os.unlink(p)
-        os.symlink(REPO, os.path.join(cn, PACK_LINK_NAME))
+        if self.with_pack:
+            os.symlink(REPO, os.path.join(cn, PACK_LINK_NAME))
         for path in self.custom_nodes:
             os.symlink(os.path.abspath(path), os.path.join(cn, os.path.basename(os.path.normpath(path))))
         return cn

@@ -1,22 +1,34 @@
 """Headless MegaPortrait runner: drive a ComfyUI server with the shipped API workflows.
 
-    python workflows/tools/runner.py --reference ref.jpg --source a.jpg b.jpg ... --out out/
-        [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI] [--workflow NAME]
+    python workflows/tools/runner.py --reference ref.jpg --source photos/ --out out/
+        [--workflow megaportrait_full] [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI]
+        [--download] [--smoke] [--set "Title.input=value" ...]
 
-It uploads the images (/upload/image), fills the API workflow (nodes are found by their titles), queues it,
-shows progress from the websocket and downloads the outputs into --out. With --comfyui (default: the host
-ComfyUI that workflows/tools/setup_env.sh prepared) it starts a server on 127.0.0.1 for the run and stops it
-afterwards. Exit code 0 on success; otherwise one line on stderr that says what went wrong.
+* Uploads the reference portrait and the source photos (/upload/image; the photos into
+  input/megaportrait_source/<run id>/), fills the API workflow (nodes are found by title and type), checks that
+  every model file it names exists on the server, queues it, shows progress from the websocket and downloads the
+  outputs into --out.
+* Missing models: it says which file goes in which folder and where to get it; with --download (or a yes at the
+  prompt when run interactively) it fetches them with huggingface_hub into the ComfyUI's model folders and checks
+  their SHA-256 against the hub's. Nothing is downloaded unless asked.
+* --server uses a running ComfyUI with this pack installed; otherwise a ComfyUI (--comfyui, default: the host copy
+  that workflows/tools/setup_env.sh prepares) is started on 127.0.0.1 for the run.
+* --smoke runs the same pipeline on tiny random models with tiny settings to prove an install end to end. Its
+  output is noise, and it says so.
+Exit code 0 on success; otherwise one line on stderr that says what went wrong.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 import urllib.error
+import uuid
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, HERE)
@@ -24,8 +36,26 @@ import comfy_server  # noqa: E402
 
 REPO = comfy_server.REPO
 API_DIR = os.path.join(REPO, "workflows", "api")
+MODELS = json.load(open(os.path.join(HERE, "models.json")))
 DEFAULT_HOST = os.path.join(REPO, ".host", "ComfyUI")
 REFERENCE_TITLE = "Reference portrait"
+IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# loader node type -> (model input, ComfyUI folder)
+LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "checkpoints"), "VAELoader": ("vae_name", "vae"),
+           "ControlNetLoader": ("control_net_name", "controlnet"), "LoraLoader": ("lora_name", "loras"),
+           "MegaPortraitLoadIdentityLora": ("lora_name", "loras")}
+SMOKE_SETTINGS = {
+    "MegaPortraitLoadSourcePhotos": {"resolution": 64, "min_photos": 3},
+    "MegaPortraitIdentityLoraTrainer": {"resolution": 64, "steps": 8, "save_name": "megaportrait/smoke_identity",
+                                        "if_exists": "overwrite", "checkpoint_every": 0},
+    "MegaPortraitFaceCrop": {"crop_size": 64},
+    "MegaPortraitDualStrengthIdentitySampler": {"steps": 3},
+    "MegaPortraitShadingSampler": {"steps": 3},
+    "MegaPortraitHarmonize": {"steps": 3, "working_resolution": 64},
+    "MegaPortraitLoadIdentityLora": {"lora_name": "tiny_lora.safetensors"},
+}
+SMOKE_NOTE = ("SMOKE RUN: tiny random models with tiny settings. These images are noise; they only prove that the "
+              "install runs the whole MegaPortrait pipeline end to end.")
 
 
 class RunnerError(RuntimeError):
@@ -48,21 +78,145 @@ def nodes_titled(prompt: dict, title: str) -> list[str]:
     return [nid for nid, n in prompt.items() if (n.get("_meta") or {}).get("title") == title]
 
 
-def fill_workflow(prompt: dict, reference: str | None) -> dict:
-    prompt = copy.deepcopy(prompt)
-    if reference is not None:
-        ids = nodes_titled(prompt, REFERENCE_TITLE)
+def nodes_of_type(prompt: dict, class_type: str) -> list[str]:
+    return [nid for nid, n in prompt.items() if n.get("class_type") == class_type]
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def apply_sets(prompt: dict, sets: list[str]) -> None:
+    """--set 'Node title or class_type.input=value' (value parsed as JSON when it can be)."""
+    for item in sets:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise RunnerError(f"--set {item!r}: use 'Node title.input=value'")
+        target, value = item.split("=", 1)
+        who, inp = target.rsplit(".", 1)
+        ids = nodes_titled(prompt, who) or nodes_of_type(prompt, who)
         if not ids:
-            raise RunnerError(f"the workflow has no node titled {REFERENCE_TITLE!r} to put the reference image in")
+            raise RunnerError(f"--set {item!r}: the workflow has no node titled or of type {who!r}")
         for nid in ids:
-            prompt[nid]["inputs"]["image"] = reference
+            prompt[nid]["inputs"][inp] = parse_value(value)
+
+
+def smoke_workflow(prompt: dict) -> dict:
+    """Tiny models and tiny settings for a smoke run (same graph)."""
+    prompt = copy.deepcopy(prompt)
+    by_name = {m["name"]: m["smoke"] for k, m in MODELS.items() if not k.startswith("_")}
+    for n in prompt.values():
+        ct = n["class_type"]
+        if ct in LOADERS:
+            inp = LOADERS[ct][0]
+            if ct != "MegaPortraitLoadIdentityLora":
+                n["inputs"][inp] = by_name.get(n["inputs"].get(inp), n["inputs"].get(inp))
+        n["inputs"].update(SMOKE_SETTINGS.get(ct, {}))
+        if ct == "SaveImage":
+            pre = n["inputs"].get("filename_prefix", "MegaPortrait/out")
+            head, _, tail = pre.rpartition("/")
+            n["inputs"]["filename_prefix"] = (head + "/" if head else "") + "SMOKE_noise_" + tail
     return prompt
+
+
+def required_models(prompt: dict) -> list[dict]:
+    out = []
+    for nid, n in prompt.items():
+        if n["class_type"] in LOADERS:
+            inp, folder = LOADERS[n["class_type"]]
+            name = n["inputs"].get(inp)
+            if isinstance(name, str):
+                out.append({"node": nid, "class_type": n["class_type"], "input": inp, "name": name, "folder": folder})
+    return out
+
+
+def manifest_entry(name: str):
+    for k, m in MODELS.items():
+        if not k.startswith("_") and m["name"] == name:
+            return m
+    return None
+
+
+def missing_models(prompt: dict, info: dict) -> list[dict]:
+    missing = []
+    for req in required_models(prompt):
+        spec = info.get(req["class_type"], {}).get("input", {}).get("required", {}).get(req["input"])
+        choices = spec[0] if spec and isinstance(spec[0], list) else []
+        if req["name"] not in choices:
+            missing.append(req)
+    return missing
+
+
+def describe_missing(missing: list[dict]) -> str:
+    lines = []
+    for m in missing:
+        e = manifest_entry(m["name"])
+        where = f"ComfyUI/models/{m['folder']}/{m['name']}"
+        if e:
+            url = f"https://huggingface.co/{e['repo']}/resolve/main/{e['file']}"
+            lines.append(f"  {where}  <- {url} ({e['size']}, {e['licence']})")
+        else:
+            lines.append(f"  {where}  (your own file: e.g. a LoRA from the Identity LoRA Trainer)")
+    return "\n".join(lines)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hub_sha256(repo: str, filename: str) -> str:
+    """The SHA-256 the hub records for an LFS file."""
+    from huggingface_hub import HfApi
+    infos = HfApi().get_paths_info(repo, [filename])
+    for info in infos:
+        lfs = getattr(info, "lfs", None)
+        if lfs is not None:
+            return lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
+    raise RunnerError(f"the hub has no checksum for {repo}/{filename}")
+
+
+def download_models(missing: list[dict], models_root: str, log=print) -> list[str]:
+    """Fetch the manifest models among ``missing`` into models_root/<folder>/<name>, verifying SHA-256.
+    Never overwrites a file; returns the written paths."""
+    from huggingface_hub import hf_hub_download
+    written = []
+    for m in missing:
+        e = manifest_entry(m["name"])
+        if e is None:
+            raise RunnerError(f"{m['name']} is not a shipped model: put it in {os.path.join(models_root, m['folder'])}")
+        dest = os.path.join(models_root, m["folder"], m["name"])
+        if os.path.exists(dest):
+            continue
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        log(f"downloading {e['repo']}/{e['file']} ({e['size']}) -> {dest}")
+        try:
+            expected = hub_sha256(e["repo"], e["file"])
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(dest)) as tmp:
+                got = hf_hub_download(e["repo"], e["file"], local_dir=tmp)
+                actual = sha256_file(got)
+                if actual != expected:
+                    raise RunnerError(f"checksum mismatch for {e['file']}: got {actual[:12]}..., the hub says "
+                                      f"{expected[:12]}...; nothing was kept")
+                os.replace(got, dest)
+        except RunnerError:
+            raise
+        except Exception as ex:  # network errors, missing repo, ...
+            why = (str(ex).splitlines() or [""])[0]
+            raise RunnerError(f"could not download {e['repo']}/{e['file']}: {type(ex).__name__}: {why}") from ex
+        written.append(dest)
+    return written
 
 
 def check_nodes(client: comfy_server.ComfyClient, prompt: dict) -> dict:
     try:
         info = client.object_info()
-    except (urllib.error.URLError, OSError, comfy_server.ServerError) as e:
+    except (urllib.error.URLError, OSError, comfy_server.ServerError, ValueError) as e:
         raise RunnerError(f"cannot reach the ComfyUI server at {client.base}: {e}") from e
     missing = sorted({n["class_type"] for n in prompt.values() if n["class_type"] not in info})
     if missing:
@@ -74,12 +228,40 @@ def check_nodes(client: comfy_server.ComfyClient, prompt: dict) -> dict:
     return info
 
 
+def collect_images(paths: list[str]) -> list[str]:
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            files += [os.path.join(p, f) for f in sorted(os.listdir(p)) if f.lower().endswith(IMAGE_EXT)]
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise RunnerError(f"source photo not found: {p}")
+    return files
+
+
+def upload(client: comfy_server.ComfyClient, path: str, subfolder: str = "") -> str:
+    if not os.path.isfile(path):
+        raise RunnerError(f"image not found: {path}")
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:
+        raise RunnerError(f"{path} is not an image PIL can read ({type(e).__name__})") from e
+    try:
+        res = client.upload_image(path, subfolder=subfolder)
+    except (comfy_server.ServerError, urllib.error.URLError, OSError) as e:
+        raise RunnerError(f"could not upload {path}: {str(e).splitlines()[0]}") from e
+    return (res.get("subfolder") + "/" if res.get("subfolder") else "") + res["name"]
+
+
 class Progress:
     """A one-line text progress bar fed by the websocket events."""
 
     def __init__(self, prompt: dict, stream=sys.stderr):
         self.prompt, self.stream = prompt, stream
-        self.done: set[str] = set()
+        self.done: set = set()
         self.total = len(prompt)
         self.current = ""
         self.tty = stream.isatty()
@@ -94,7 +276,7 @@ class Progress:
         elif typ == "execution_cached":
             self.done.update(str(n) for n in data.get("nodes", []))
         elif typ == "progress":
-            self._show(f" step {data.get('value')}/{data.get('max')}")
+            self._show(f" {data.get('value')}/{data.get('max')}")
 
     def _show(self, extra: str) -> None:
         frac = min(len(self.done) / max(self.total, 1), 1.0)
@@ -102,7 +284,7 @@ class Progress:
         line = f"[{bar:<30}] {len(self.done)}/{self.total} {self.current}{extra}"
         if self.tty:
             self.stream.write("\r" + line[:120].ljust(120))
-        else:
+        elif not extra or extra.strip().split("/")[0] == extra.strip().split("/")[-1]:
             self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -111,40 +293,114 @@ class Progress:
             self.stream.write("\n")
 
 
-def run(args) -> list[str]:
+def _ask(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(question + " [y/N] ").strip().lower() in ("y", "yes")
+
+
+def start_server(args, log) -> comfy_server.ComfyServer:
+    root = os.path.abspath(args.comfyui or DEFAULT_HOST)
+    if not os.path.isfile(os.path.join(root, "main.py")):
+        raise RunnerError(f"no ComfyUI at {root}: pass --server URL or --comfyui PATH "
+                          "(or run workflows/tools/setup_env.sh to prepare the host copy)")
+    extra_args, models, custom, env = [], {}, [], {}
+    cpu = args.cpu
+    if not cpu:
+        try:
+            import torch
+            cpu = not torch.cuda.is_available()
+        except ImportError:
+            cpu = True
+    if cpu:
+        extra_args.append("--cpu")
+    if args.smoke:
+        tmp = tempfile.mkdtemp(prefix="megaportrait-smoke-models-")
+        _write_tiny_models(root, tmp)
+        models = {k: os.path.join(tmp, k) for k in ("checkpoints", "controlnet", "loras", "vae")}
+        custom.append(os.path.join(HERE, "tiny_registry"))
+        env["MEGAPORTRAIT_MODELS_FIRST"] = tmp
+    server = comfy_server.ComfyServer(root, models=models, custom_nodes=custom, extra_args=extra_args, extra_env=env)
+    log(f"starting ComfyUI from {root} on {server.url} ...")
+    try:
+        server.start()
+    except comfy_server.ServerError as e:
+        raise RunnerError(str(e).splitlines()[0] + f" (log: {server.log_path})") from e
+    server.models_root = os.path.join(root, "models")
+    return server
+
+
+def _write_tiny_models(comfy_root: str, dest: str) -> None:
+    """Tiny models need ComfyUI's classes: write them in a child process with the ComfyUI on its path."""
+    import subprocess
+    code = ("import sys; sys.path[:0]=[{root!r},{here!r},{tests!r}]; import comfy_harness; comfy_harness.import_comfy({root!r}); "
+            "import tiny_models; tiny_models.write_all({dest!r})").format(
+        root=comfy_root, here=HERE, tests=os.path.join(REPO, "tests"), dest=dest)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RunnerError("could not write the tiny smoke-test models: " + (r.stderr.strip().splitlines() or ["?"])[-1])
+
+
+def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
     prompt = load_workflow(args.workflow)
+    if args.smoke:
+        prompt = smoke_workflow(prompt)
+        log(SMOKE_NOTE)
     server = None
     if args.server:
         client = comfy_server.ComfyClient(args.server)
         if not client.alive():
             raise RunnerError(f"no ComfyUI server answers at {args.server}")
+        models_root = args.models_dir
     else:
-        root = args.comfyui or DEFAULT_HOST
-        if not os.path.isfile(os.path.join(root, "main.py")):
-            raise RunnerError(f"no ComfyUI at {root}: pass --server URL or --comfyui PATH "
-                              "(or run workflows/tools/setup_env.sh to prepare the host copy)")
-        extra_args = ["--cpu"] if args.cpu else []
-        server = comfy_server.ComfyServer(root, extra_args=extra_args)
-        print(f"starting ComfyUI from {root} on {server.url} ...", file=sys.stderr)
-        server.start()
+        server = start_server(args, log)
         client = server.client
+        models_root = args.models_dir or server.models_root
     try:
-        check_nodes(client, prompt)
-        reference = None
-        if args.reference:
-            if not os.path.isfile(args.reference):
-                raise RunnerError(f"reference image not found: {args.reference}")
-            try:
-                reference = client.upload_image(args.reference)["name"]
-            except comfy_server.ServerError as e:
-                raise RunnerError(f"could not upload {args.reference}: {e}") from e
-        prompt = fill_workflow(prompt, reference)
+        info = check_nodes(client, prompt)
+        # inputs
+        ref_ids = nodes_titled(prompt, REFERENCE_TITLE)
+        if args.reference and ref_ids:
+            name = upload(client, args.reference)
+            for nid in ref_ids:
+                prompt[nid]["inputs"]["image"] = name
+        photo_ids = nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos")
+        if photo_ids:
+            files = collect_images(args.source or [])
+            if not files:
+                raise RunnerError("this workflow trains on source photos: pass --source with photos or a folder of them")
+            sub = f"megaportrait_source/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            for f in files:
+                upload(client, f, subfolder=sub)
+            for nid in photo_ids:
+                prompt[nid]["inputs"].update(folder=sub, filenames="")
+        if args.lora:
+            for nid in nodes_of_type(prompt, "MegaPortraitLoadIdentityLora"):
+                prompt[nid]["inputs"]["lora_name"] = args.lora
+        apply_sets(prompt, args.set or [])
+        # models
+        missing = missing_models(prompt, info)
+        if missing:
+            table = describe_missing(missing)
+            if args.download or _ask(f"These models are missing on the server:\n{table}\nDownload them now?"):
+                if not models_root:
+                    raise RunnerError("--download needs --models-dir (the server's ComfyUI/models folder) with --server")
+                download_models(missing, models_root, log)
+                info = client.object_info()
+                missing = missing_models(prompt, info)
+            if missing:
+                log("missing models:\n" + table)
+                raise RunnerError(f"{len(missing)} model file(s) missing on the server (listed above): put them there, "
+                                  "or run again with --download (or --smoke to test the install with tiny models)")
         progress = Progress(prompt)
         t0 = time.time()
         try:
             hist = client.run_with_progress(prompt, progress, timeout=args.timeout)
         except comfy_server.ServerError as e:
             raise RunnerError(str(e).splitlines()[0]) from e
+        except (urllib.error.URLError, OSError) as e:
+            raise RunnerError(f"lost the ComfyUI server at {client.base}: {e}") from e
         finally:
             progress.close()
         err = comfy_server.status_error(hist)
@@ -160,28 +416,46 @@ def run(args) -> list[str]:
             with open(dest, "wb") as f:
                 f.write(data)
             saved.append(dest)
-        print(f"done in {time.time() - t0:.1f} s: {len(saved)} file(s) in {args.out}", file=sys.stderr)
+        for nid, out in (hist.get("outputs") or {}).items():
+            for text in out.get("text", []) or []:
+                title = (prompt.get(nid, {}).get("_meta") or {}).get("title", nid)
+                log(f"{title}: " + str(text).replace("\n", " | "))
+        if args.smoke:
+            with open(os.path.join(args.out, "SMOKE_RUN.txt"), "w") as f:
+                f.write(SMOKE_NOTE + "\n")
+            log(SMOKE_NOTE)
+        log(f"done in {time.time() - t0:.1f} s: {len(saved)} file(s) in {args.out}")
         return saved
     finally:
         if server is not None:
             server.cleanup()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workflow", default="megaportrait_maps",
-                    help="shipped API workflow name or a path to an API-format JSON "
-                         f"(shipped: {', '.join(available_workflows())})")
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    ap.add_argument("--workflow", default="megaportrait_full",
+                    help=f"shipped API workflow or path to an API-format JSON (shipped: {', '.join(available_workflows())})")
     ap.add_argument("--reference", default=os.path.join(REPO, "example_inputs", "grace_hopper.jpg"),
-                    help="reference portrait (pose, lighting, style)")
+                    help="reference portrait (pose, lighting, style); default: example_inputs/grace_hopper.jpg")
     ap.add_argument("--source", nargs="*", default=[os.path.join(REPO, "example_inputs", "astronaut.png")],
-                    help="photos of the person whose identity goes into the portrait")
+                    help="photos of the person (files and/or folders); default: example_inputs/astronaut.png (the "
+                         "workflow adds augmented copies up to 6)")
     ap.add_argument("--out", default=os.path.join(os.getcwd(), "megaportrait_output"), help="where outputs are saved")
-    ap.add_argument("--server", help="URL of a running ComfyUI server (with this pack installed)")
-    ap.add_argument("--comfyui", help="path of a ComfyUI to start for this run (default: the host copy in .host/)")
-    ap.add_argument("--cpu", action="store_true", help="start the server with --cpu")
-    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the workflow")
-    args = ap.parse_args(argv)
+    ap.add_argument("--server", help="URL of a running ComfyUI server with this pack installed")
+    ap.add_argument("--comfyui", help="ComfyUI folder to start for this run (default: the host copy in .host/)")
+    ap.add_argument("--models-dir", help="the ComfyUI models folder to download into (default: the started ComfyUI's)")
+    ap.add_argument("--lora", help="identity LoRA file name for the megaportrait_with_lora workflow")
+    ap.add_argument("--set", action="append", metavar="TITLE.INPUT=VALUE", help="override a node input (repeatable)")
+    ap.add_argument("--download", action="store_true", help="download missing shipped models from Hugging Face")
+    ap.add_argument("--smoke", action="store_true", help="tiny random models and settings: proves the install (noise out)")
+    ap.add_argument("--cpu", action="store_true", help="start the server with --cpu (automatic without a GPU)")
+    ap.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds to wait for the workflow")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         for f in run(args):
             print(f)

@@ -30,6 +30,7 @@ XL_CTX = 2 * XL_CLIP  # SDXL context = concat(clip_l, clip_g)
 XL_ADM = XL_CLIP + 6 * 256   # pooled clip_g projection + six 256-d size embeddings
 CONTROLNET_NAME = "tiny_controlnet.safetensors"
 LORA_NAME = "tiny_lora.safetensors"
+VAE_NAME = "tiny_vae.safetensors"
 
 TINY_CLIP_CONFIG = {
     "hidden_act": "quick_gelu", "hidden_size": CTX, "intermediate_size": 64,
@@ -182,13 +183,15 @@ def write_all(models_dir: str, sdxl: bool = True) -> dict:
     """Write the tiny checkpoints (SD1.5- and SDXL-shaped), ControlNets and LoRA under
     ``models_dir``/{checkpoints,controlnet,loras}."""
     import safetensors.torch as st
-    for sub in ("checkpoints", "controlnet", "loras"):
+    for sub in ("checkpoints", "controlnet", "loras", "vae"):
         os.makedirs(os.path.join(models_dir, sub), exist_ok=True)
     ck = build_checkpoint_sd()
     st.save_file(ck, os.path.join(models_dir, "checkpoints", CKPT_NAME))
+    pre = "first_stage_model."
+    st.save_file({k[len(pre):]: v for k, v in ck.items() if k.startswith(pre)}, os.path.join(models_dir, "vae", VAE_NAME))
     st.save_file(build_controlnet_sd(), os.path.join(models_dir, "controlnet", CONTROLNET_NAME))
     st.save_file(build_lora_sd(ck), os.path.join(models_dir, "loras", LORA_NAME))
-    out = {"checkpoint": CKPT_NAME, "controlnet": CONTROLNET_NAME, "lora": LORA_NAME}
+    out = {"checkpoint": CKPT_NAME, "controlnet": CONTROLNET_NAME, "lora": LORA_NAME, "vae": VAE_NAME}
     if sdxl:
         out["sdxl"] = write_sdxl(models_dir)
     return out

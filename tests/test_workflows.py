@@ -1,0 +1,349 @@
+"""Shipped workflows: up to date, UI and API forms agree, valid for a real ComfyUI, executable via /prompt (with
+the tiny models substituted), loadable by the real web frontend in headless Chromium; and the headless runner."""
+import copy
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, REPO
+from PIL import Image
+
+WF_DIR = os.path.join(REPO, "workflows")
+NAMES = ["megaportrait_full", "megaportrait_full_sdxl", "megaportrait_train", "megaportrait_with_lora"]
+PAPER_GROUPS = {"Identity Net: training", "Identity Net: dual-strength", "Light and HF maps", "Shading Net",
+                "Paste-back, Harmonization Net"}
+
+
+def load(rel):
+    with open(os.path.join(WF_DIR, rel)) as f:
+        return json.load(f)
+
+
+def strip_meta(api, object_info=None):
+    """class_type + inputs only; with object_info, inputs the node does not declare are dropped too (the old
+    frontend sends LoadImage's upload button value, which the server ignores)."""
+    out = {}
+    for k, v in api.items():
+        inputs = dict(v["inputs"])
+        if object_info is not None:
+            spec = object_info[v["class_type"]]["input"]
+            known = set(spec.get("required", {})) | set(spec.get("optional", {}))
+            inputs = {n: x for n, x in inputs.items() if n in known}
+        out[k] = {"class_type": v["class_type"], "inputs": inputs}
+    return out
+
+
+def test_shipped_files_are_up_to_date(comfy):
+    import build_workflows
+    files = build_workflows.render(build_workflows.comfy_spec())
+    assert sorted(files) == sorted([f"{n}.json" for n in NAMES] + [f"api/{n}.json" for n in NAMES])
+    for rel, text in files.items():
+        with open(os.path.join(WF_DIR, rel)) as f:
+            assert f.read() == text, f"{rel} is stale: run python workflows/tools/build_workflows.py"
+
+
+# ---------------------------------------------------------------- an independent UI -> API conversion (as the frontend)
+def _is_widget(spec):
+    t = spec[0]
+    return isinstance(t, list) or t in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def ui_to_api(ui, object_info):
+    links = {lk[0]: lk for lk in ui["links"]}
+    api = {}
+    for node in ui["nodes"]:
+        if node["type"] not in object_info or node.get("mode", 0) in (2, 4):
+            continue                                   # frontend-only nodes (Note), muted or bypassed nodes
+        info = object_info[node["type"]]["input"]
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        for section in ("required", "optional"):
+            for name, spec in info.get(section, {}).items():
+                val = None
+                if _is_widget(spec):
+                    val = values.pop(0) if values else None
+                    opts = spec[1] if len(spec) > 1 else {}
+                    if spec[0] == "INT" and (name in ("seed", "noise_seed") or opts.get("control_after_generate")):
+                        assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+                    if opts.get("image_upload"):
+                        values.pop(0)
+                if name in linked:
+                    inputs[name] = [str(linked[name][1]), linked[name][2]]
+                elif val is not None:
+                    inputs[name] = val
+        assert not values, f"node {node['id']} ({node['type']}) has unused widget values {values}"
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return api
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_and_api_agree_and_validate(server, name):
+    info = server.client.object_info()
+    ui, api = load(f"{name}.json"), load(f"api/{name}.json")
+    assert ui["version"] == 0.4
+    assert ui_to_api(ui, info) == strip_meta(api)
+    for nid, n in api.items():
+        assert n["class_type"] in info, n["class_type"]
+        for inp, v in n["inputs"].items():
+            sec = "required" if inp in info[n["class_type"]]["input"]["required"] else "optional"
+            spec = info[n["class_type"]]["input"][sec][inp]
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):   # a link: types must match
+                src = api[v[0]]
+                assert info[src["class_type"]]["output"][v[1]] == spec[0], (nid, inp)
+            elif isinstance(spec[0], list) and n["class_type"] not in ("CheckpointLoaderSimple", "ControlNetLoader",
+                                                                        "VAELoader", "LoadImage",
+                                                                        "MegaPortraitLoadIdentityLora",
+                                                                        "MegaPortraitFaceAnalysisLoader"):
+                assert v in spec[0], (nid, inp, v)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_structure(name):
+    ui = load(f"{name}.json")
+    ids = {n["id"] for n in ui["nodes"]}
+    assert len(ids) == len(ui["nodes"]) and ui["last_node_id"] == max(ids)
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    for lid, src, sslot, dst, dslot, typ in ui["links"]:
+        assert lid in by_id[src]["outputs"][sslot]["links"]
+        assert by_id[dst]["inputs"][dslot]["link"] == lid and by_id[dst]["inputs"][dslot]["type"] == typ
+        assert by_id[src]["outputs"][sslot]["type"] == typ
+    # groups named after the paper's modules, a note on what to tweak, fixed seeds
+    titles = {g["title"] for g in ui["groups"]}
+    assert "Identity Net: training" in titles and "Models" in titles
+    if name != "megaportrait_train":
+        assert PAPER_GROUPS <= titles
+    assert any(n["type"] == "Note" for n in ui["nodes"])
+    for n in ui["nodes"]:
+        if "fixed" in n.get("widgets_values", []) or n["type"].endswith(("Sampler", "Harmonize", "Trainer")):
+            assert "randomize" not in n["widgets_values"]
+    # model downloads offered by the frontend: name == widget value, a known folder, a hub URL of a .safetensors file
+    loaders = [n for n in ui["nodes"] if n["type"] in ("CheckpointLoaderSimple", "VAELoader", "ControlNetLoader")]
+    assert loaders
+    for n in loaders:
+        (m,) = n["properties"]["models"]
+        assert m["name"] == n["widgets_values"][0]
+        assert m["directory"] in ("checkpoints", "vae", "controlnet")
+        assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith(".safetensors")
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", NAMES)
+def test_workflows_execute_with_tiny_models(server, name):
+    import runner
+    src = os.path.join(server.input_dir, "megaportrait_source", "wf_test")
+    os.makedirs(src, exist_ok=True)
+    shutil.copy(os.path.join(EXAMPLES, "astronaut.png"), src)
+    prompt = runner.smoke_workflow(load(f"api/{name}.json"))
+    for nid in runner.nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos"):
+        prompt[nid]["inputs"]["folder"] = "megaportrait_source/wf_test"
+    hist = server.client.run(prompt, timeout=600)
+    assert hist["status"]["status_str"] == "success", json.dumps(hist["status"])[:2000]
+    import comfy_server
+    files = [e for e in comfy_server.outputs_of(hist) if e.get("type") == "output"]
+    assert files and all(e["filename"].startswith("SMOKE_noise_") for e in files)
+    for e in files:
+        img = Image.open(io.BytesIO(server.client.view(e["filename"], e["subfolder"])))
+        assert img.size[0] > 0
+    if name != "megaportrait_train":
+        portrait = [e for e in files if "portrait" in e["filename"]]
+        assert portrait
+        img = np.asarray(Image.open(io.BytesIO(server.client.view(portrait[0]["filename"], portrait[0]["subfolder"]))))
+        assert img.shape[:2] == (600, 512)                  # the reference's size
+
+
+@pytest.mark.server
+def test_template_browser_lists_our_workflows(server):
+    code, body = server.client.request("/workflow_templates")
+    if code == 404:
+        pytest.skip("this ComfyUI has no workflow template browser (the early-2024 host); checked against current ComfyUI")
+    assert code == 200 and sorted(body.get("comfyui-megaportrait", [])) == sorted(NAMES)
+    code, wf = server.client.request("/api/workflow_templates/comfyui-megaportrait/megaportrait_full.json")
+    assert code == 200 and wf["version"] == 0.4
+
+
+# ------------------------------------------------------------------------------------------------ real browser
+FIT_GRAPH_JS = """(() => {
+  let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
+  for (const n of app.graph._nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  for (const g of (app.graph._groups || [])) {
+    const b = g._bounding || g.bounding;
+    x0 = Math.min(x0, b[0]); y0 = Math.min(y0, b[1]); x1 = Math.max(x1, b[0] + b[2]); y1 = Math.max(y1, b[1] + b[3]);
+  }
+  const c = app.canvas.canvas, W = c.width, H = c.height;
+  const s = Math.min(W / (x1 - x0), H / (y1 - y0)) * 0.98;
+  app.canvas.ds.scale = s;
+  app.canvas.ds.offset = [-x0 + (W / s - (x1 - x0)) / 2, -y0 + (H / s - (y1 - y0)) / 2];
+  const menu = document.querySelector('.comfy-menu'); if (menu) menu.style.display = 'none';
+  app.graph.setDirtyCanvas(true, true);
+  return s;
+})()"""
+
+
+@pytest.mark.server
+def test_frontend_loads_every_workflow(server, tmp_path):
+    import browser
+    if browser.find_chromium() is None:
+        pytest.fail("chromium is not installed: tests/run_tests.sh installs Debian's chromium package")
+    info = server.client.object_info()
+    b = browser.Browser()
+    try:
+        b.navigate(server.url + "/")
+        b.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
+                   "Object.keys(LiteGraph.registered_node_types).includes('MegaPortraitHarmonize'))", timeout=120)
+        for name in NAMES:
+            wf = load(f"{name}.json")
+            res = json.loads(b.eval(
+                "(async () => { const wf = %s; await app.loadGraphData(wf);"
+                " const reg = LiteGraph.registered_node_types;"
+                " const missing = wf.nodes.map(n => n.type).filter(t => !(t in reg));"
+                " const p = await app.graphToPrompt();"
+                " return JSON.stringify({n: app.graph._nodes.length, missing, output: p.output}); })()" % json.dumps(wf),
+                await_promise=True))
+            assert res["missing"] == [], f"{name}: the frontend does not know {res['missing']}"
+            assert res["n"] == len(wf["nodes"])
+            # the frontend's own graph -> API conversion gives the shipped API workflow
+            assert strip_meta(res["output"], info) == strip_meta(load(f"api/{name}.json")), name
+            if name == "megaportrait_full":
+                shot = os.environ.get("MEGAPORTRAIT_SCREENSHOT") or str(tmp_path / "megaportrait_full.png")
+                b.eval(FIT_GRAPH_JS)
+                import time
+                time.sleep(0.5)
+                b.screenshot(shot)
+                img = np.asarray(Image.open(shot).convert("RGB"))
+                assert img.shape[0] > 500 and img.std() > 10      # a drawn graph, not a blank page
+    finally:
+        b.close()
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def run_cli(capsys, *args):
+    import runner
+    code = runner.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.server
+def test_runner_smoke_against_server(server, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "--server", server.url, "--smoke", "--out", str(out),
+                                "--source", os.path.join(EXAMPLES, "astronaut.png"))
+    assert code == 0, err
+    names = sorted(os.listdir(out))
+    assert "SMOKE_RUN.txt" in names and any(n.startswith("SMOKE_noise_portrait") for n in names)
+    assert "noise" in err and "Identity check" in err
+    assert np.asarray(Image.open(out / [n for n in names if "portrait" in n][0])).shape[:2] == (600, 512)
+
+
+@pytest.mark.server
+def test_runner_reports_missing_models(server, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--server", server.url, "--out", str(tmp_path / "o"),
+                           "--source", os.path.join(EXAMPLES, "astronaut.png"))
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("megaportrait: error:") and "model file(s) missing" in last and "--download" in last
+    assert "ComfyUI/models/controlnet/control_v11f1e_sd15_tile_fp16.safetensors" in err
+    assert "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_runner_unreachable_server(tmp_path, capsys):
+    import comfy_server
+    port = comfy_server.free_port()
+    code, _, err = run_cli(capsys, "--server", f"http://127.0.0.1:{port}", "--out", str(tmp_path))
+    assert code == 1 and err.strip().splitlines() == [f"megaportrait: error: no ComfyUI server answers at http://127.0.0.1:{port}"]
+
+
+@pytest.mark.server
+def test_runner_bad_images_and_no_face(server, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--reference", str(tmp_path / "nope.jpg"),
+                           "--out", str(tmp_path / "o"))
+    assert code == 1 and "image not found" in err.strip().splitlines()[-1]
+    txt = tmp_path / "not_an_image.png"
+    txt.write_text("hello")
+    code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--reference", str(txt), "--out", str(tmp_path / "o"))
+    assert code == 1 and "is not an image" in err.strip().splitlines()[-1]
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--source", str(empty), "--out", str(tmp_path / "o"))
+    assert code == 1 and "pass --source with photos" in err.strip().splitlines()[-1]
+    noise = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)).save(noise)
+    code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--reference", str(noise),
+                           "--source", os.path.join(EXAMPLES, "astronaut.png"), "--out", str(tmp_path / "o"))
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and "MegaPortraitFaceCrop" in last and "no face was found" in last
+
+
+def test_runner_server_without_our_nodes(tmp_path, capsys, models_dir):
+    import comfy_harness
+    import comfy_server
+    from conftest import COMFY_ROOT
+    env = {"OMP_NUM_THREADS": "1"}
+    if comfy_harness.needs_stubs(COMFY_ROOT):
+        env["PYTHONPATH"] = comfy_harness.STUBS
+    srv = comfy_server.ComfyServer(COMFY_ROOT, workdir=str(tmp_path / "bare"), with_pack=False, extra_args=["--cpu"],
+                                   extra_env=env)
+    srv.start()
+    try:
+        code, _, err = run_cli(capsys, "--server", srv.url, "--smoke", "--out", str(tmp_path / "o"))
+    finally:
+        srv.cleanup()
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and "does not have the MegaPortrait nodes" in last and "custom_nodes" in last
+
+
+def test_runner_download_verifies_checksums(tmp_path, monkeypatch):
+    """Downloads go through huggingface_hub and are checked against the hub's SHA-256 (hub calls faked here)."""
+    import hashlib
+
+    import huggingface_hub
+    import runner
+    payload = b"pretend weights"
+    good = hashlib.sha256(payload).hexdigest()
+    calls = []
+
+    def fake_download(repo, filename, local_dir):
+        calls.append((repo, filename))
+        p = os.path.join(local_dir, filename)
+        with open(p, "wb") as f:
+            f.write(payload)
+        return p
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    sha = {"value": good}
+    monkeypatch.setattr(runner, "hub_sha256", lambda repo, f: sha["value"])
+    missing = [{"name": "control_v11f1e_sd15_tile_fp16.safetensors", "folder": "controlnet"}]
+    written = runner.download_models(missing, str(tmp_path), log=lambda m: None)
+    dest = tmp_path / "controlnet" / "control_v11f1e_sd15_tile_fp16.safetensors"
+    assert written == [str(dest)] and dest.read_bytes() == payload
+    assert calls == [("comfyanonymous/ControlNet-v1-1_fp16_safetensors", "control_v11f1e_sd15_tile_fp16.safetensors")]
+    # existing files are never overwritten
+    assert runner.download_models(missing, str(tmp_path), log=lambda m: None) == []
+    sha["value"] = "0" * 64
+    missing2 = [{"name": "control_v11p_sd15_softedge_fp16.safetensors", "folder": "controlnet"}]
+    with pytest.raises(runner.RunnerError, match="checksum mismatch"):
+        runner.download_models(missing2, str(tmp_path), log=lambda m: None)
+    assert sorted(os.listdir(tmp_path / "controlnet")) == ["control_v11f1e_sd15_tile_fp16.safetensors"]
+    with pytest.raises(runner.RunnerError, match="not a shipped model"):
+        runner.download_models([{"name": "mine.safetensors", "folder": "loras"}], str(tmp_path), log=lambda m: None)
+
+
+def test_runner_set_overrides():
+    import runner
+    p = runner.load_workflow("megaportrait_full")
+    q = copy.deepcopy(p)
+    runner.apply_sets(q, ["Identity LoRA Trainer.steps=400", "MegaPortraitHarmonize.denoise=0.4",
+                          "Positive prompt (keep the trigger word).text=photo of sks person, oil painting"])
+    trainer = runner.nodes_titled(q, "Identity LoRA Trainer")[0]
+    assert q[trainer]["inputs"]["steps"] == 400
+    assert q[runner.nodes_of_type(q, "MegaPortraitHarmonize")[0]]["inputs"]["denoise"] == 0.4
+    with pytest.raises(runner.RunnerError, match="no node titled"):
+        runner.apply_sets(q, ["Nope.steps=1"])

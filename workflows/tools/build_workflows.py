@@ -1,0 +1,447 @@
+"""Build the shipped workflows: UI format (drag and drop, ``version: 0.4``) in workflows/ and the same graphs in API
+format (POST /prompt) in workflows/api/, from one description per graph below.
+
+Widget order, output types and names come from the node definitions of a real ComfyUI (stock nodes and this pack),
+so the two formats agree by construction; tests/test_workflows.py also converts every UI file to API form
+independently (as the frontend does) and checks the result against the shipped API file.
+
+    python workflows/tools/build_workflows.py      # rewrite the JSON files (MEGAPORTRAIT_COMFYUI or .host/ComfyUI)
+    python workflows/tools/build_workflows.py --check   # exit 1 if any file is out of date
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+WF_DIR = os.path.join(REPO, "workflows")
+API_DIR = os.path.join(WF_DIR, "api")
+MODELS = json.load(open(os.path.join(HERE, "models.json")))
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+NODE_W = 360
+GROUP_COLORS = {"Models": "#3f789e", "Identity Net: training": "#8A8", "Reference face": "#b58b2a",
+                "Identity Net: dual-strength": "#88A", "Light and HF maps": "#a1309b",
+                "Shading Net": "#b06634", "Paste-back, Harmonization Net": "#444"}
+
+
+def model_entry(key: str) -> dict:
+    m = MODELS[key]
+    return {"name": m["name"], "url": f"https://huggingface.co/{m['repo']}/resolve/main/{m['file']}",
+            "directory": m["directory"]}
+
+
+def is_widget(spec) -> bool:
+    t = spec[0]
+    return isinstance(t, (list, tuple)) or t in WIDGET_TYPES or t == "COMBO"
+
+
+def widget_extras(name: str, spec) -> list:
+    """Frontend-only values stored after a widget: the 'control after generate' combo of seeds and the
+    upload button of image loaders."""
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    extra = []
+    if spec[0] == "INT" and (name in ("seed", "noise_seed") or opts.get("control_after_generate")):
+        extra.append("fixed")
+    if opts.get("image_upload"):
+        extra.append("image")
+    return extra
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    title: str
+    pos: tuple
+    widgets: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)          # input name -> (Node, output slot)
+    models: list | None = None
+    group: str | None = None
+    color: str | None = None
+
+    def out(self, slot: int = 0):
+        return (self, slot)
+
+
+@dataclass
+class Note:
+    id: int
+    text: str
+    pos: tuple
+    size: tuple
+    group: str | None = None
+
+
+class Graph:
+    def __init__(self, name: str, description: str, spec: Callable[[str], tuple]):
+        self.name, self.description, self.spec = name, description, spec
+        self.nodes: list = []
+
+    def add(self, type_: str, title: str, pos: tuple, group: str | None = None, models: list | None = None,
+            **inputs) -> Node:
+        n = Node(len(self.nodes) + 1, type_, title, pos, group=group, models=models)
+        types, _, _ = self.spec(type_)
+        known = {**types.get("required", {}), **types.get("optional", {})}
+        for k, v in inputs.items():
+            if k not in known:
+                raise KeyError(f"{type_} has no input {k!r}")
+            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], Node):
+                n.links[k] = v
+            else:
+                n.widgets[k] = v
+        self.nodes.append(n)
+        return n
+
+    def note(self, text: str, pos: tuple, size: tuple = (NODE_W, 160), group: str | None = None) -> Note:
+        n = Note(len(self.nodes) + 1, text, pos, size, group)
+        self.nodes.append(n)
+        return n
+
+    def _stack_columns(self, gap: int = 40, group_gap: int = 110) -> None:
+        """Stack the nodes of each column (same x) top to bottom in the order given, so none overlap."""
+        cols: dict = {}
+        for n in self.nodes:
+            cols.setdefault(n.pos[0], []).append(n)
+        for x, members in cols.items():
+            y, group = None, None
+            for n in sorted(members, key=lambda m: m.pos[1]):
+                if isinstance(n, Note):
+                    h = n.size[1]
+                else:
+                    types, outs, _ = self.spec(n.type)
+                    n_in = sum(1 for s in ("required", "optional") for sp in types.get(s, {}).values() if not is_widget(sp))
+                    h = node_height(types, n_in, len(outs), n.type)
+                if y is None:
+                    y = n.pos[1]
+                elif n.group != group:
+                    y += group_gap
+                n.pos = (x, y)
+                y = n.pos[1] + h + gap
+                group = n.group
+
+    # ---------------------------------------------------------------------------------------------- API
+    def to_api(self) -> dict:
+        api = {}
+        for n in self.nodes:
+            if isinstance(n, Note):
+                continue
+            types, _, _ = self.spec(n.type)
+            inputs = {}
+            for section in ("required", "optional"):
+                for name, spec in types.get(section, {}).items():
+                    if name in n.links:
+                        src, slot = n.links[name]
+                        inputs[name] = [str(src.id), slot]
+                    elif is_widget(spec):
+                        if name in n.widgets:
+                            inputs[name] = n.widgets[name]
+                        elif section == "required":
+                            inputs[name] = default_value(spec)
+                        elif "default" in (spec[1] if len(spec) > 1 else {}):
+                            inputs[name] = spec[1]["default"]
+            api[str(n.id)] = {"class_type": n.type, "inputs": inputs, "_meta": {"title": n.title}}
+        return api
+
+    # ----------------------------------------------------------------------------------------------- UI
+    def to_ui(self) -> dict:
+        links, ui_nodes = [], []
+        outgoing: dict = {}
+        link_id = 0
+        link_of: dict = {}
+        for n in self.nodes:
+            if isinstance(n, Note):
+                continue
+            types, _, _ = self.spec(n.type)
+            for section in ("required", "optional"):
+                for name in types.get(section, {}):
+                    if name in n.links:
+                        src, slot = n.links[name]
+                        link_id += 1
+                        out_type = self.spec(src.type)[1][slot]
+                        links.append([link_id, src.id, slot, n.id, None, out_type])
+                        link_of[(n.id, name)] = link_id
+                        outgoing.setdefault((src.id, slot), []).append(link_id)
+        order = {n.id: i for i, n in enumerate(self.nodes)}
+        self._stack_columns()
+        for n in self.nodes:
+            if isinstance(n, Note):
+                ui_nodes.append({"id": n.id, "type": "Note", "pos": list(n.pos), "size": list(n.size), "flags": {},
+                                 "order": order[n.id], "mode": 0, "inputs": [], "outputs": [],
+                                 "properties": {"text": ""}, "widgets_values": [n.text], "color": "#432",
+                                 "bgcolor": "#653"})
+                continue
+            types, out_types, out_names = self.spec(n.type)
+            inputs, widgets = [], []
+            for section in ("required", "optional"):
+                for name, spec in types.get(section, {}).items():
+                    if is_widget(spec):
+                        val = n.widgets.get(name, spec[1].get("default") if len(spec) > 1 and isinstance(spec[1], dict)
+                                            and "default" in spec[1] else default_value(spec))
+                        widgets.append(val)
+                        widgets.extend(widget_extras(name, spec))
+                        continue
+                    entry = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO",
+                             "link": link_of.get((n.id, name))}
+                    inputs.append(entry)
+            for slot_i, e in enumerate(inputs):
+                if e["link"] is not None:
+                    for lk in links:
+                        if lk[0] == e["link"]:
+                            lk[4] = slot_i
+            outputs = []
+            for slot, (t, nm) in enumerate(zip(out_types, out_names)):
+                outputs.append({"name": nm, "type": t, "links": outgoing.get((n.id, slot), []), "slot_index": slot})
+            h = node_height(types, len(inputs), len(outputs), n.type)
+            props = {"Node name for S&R": n.type}
+            if n.models:
+                props["models"] = n.models
+            node = {"id": n.id, "type": n.type, "pos": list(n.pos), "size": [NODE_W, h], "flags": {},
+                    "order": order[n.id], "mode": 0, "inputs": inputs, "outputs": outputs, "properties": props,
+                    "widgets_values": widgets, "title": n.title}
+            ui_nodes.append(node)
+        groups = []
+        for gname in dict.fromkeys(n.group for n in self.nodes if n.group):
+            members = [u for u, n in zip(ui_nodes, self.nodes) if n.group == gname]
+            x0 = min(u["pos"][0] for u in members) - 20
+            y0 = min(u["pos"][1] for u in members) - 60
+            x1 = max(u["pos"][0] + u["size"][0] for u in members) + 20
+            y1 = max(u["pos"][1] + u["size"][1] for u in members) + 20
+            groups.append({"title": gname, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                           "color": GROUP_COLORS.get(gname, "#3f789e"), "font_size": 24, "flags": {}})
+        return {"last_node_id": len(self.nodes), "last_link_id": link_id, "nodes": ui_nodes, "links": links,
+                "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.55, "offset": [40, 80]},
+                                                            "megaportrait": {"workflow": self.name,
+                                                                             "description": self.description}},
+                "version": 0.4}
+
+
+def node_height(types: dict, n_inputs: int, n_outputs: int, class_type: str) -> int:
+    """Roughly the height the frontend draws a node at (title, slots, widgets, image previews)."""
+    h = 36 + 20 * max(n_inputs, n_outputs)
+    for section in ("required", "optional"):
+        for spec in types.get(section, {}).values():
+            if is_widget(spec):
+                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                h += 90 if opts.get("multiline") else 24
+                if spec[0] == "INT" and ("control_after_generate" in opts):
+                    h += 24
+    if class_type in ("LoadImage", "PreviewImage", "SaveImage"):
+        h += 260
+    return h
+
+
+def default_value(spec):
+    t = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(t, (list, tuple)):
+        return t[0] if t else ""
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(t)
+
+
+# ----------------------------------------------------------------------------------------------- the graphs
+POSITIVE = ("photo of sks person, portrait photograph, detailed skin texture, natural light, sharp focus")
+NEGATIVE = "blurry, deformed, cartoon, painting, drawing, lowres, bad anatomy, watermark, text"
+X = [0, 440, 880, 1320, 1760, 2200, 2640]
+
+
+def _models_and_prompts(g: Graph, family: str, train: bool):
+    if family == "sd15":
+        ckpt = g.add("CheckpointLoaderSimple", "Load checkpoint (SD1.5 photo model)", (X[0], 0), "Models",
+                     [model_entry("sd15_checkpoint")], ckpt_name=MODELS["sd15_checkpoint"]["name"])
+        vae = g.add("VAELoader", "Load VAE", (X[0], 150), "Models", [model_entry("sd15_vae")],
+                    vae_name=MODELS["sd15_vae"]["name"]).out(0)
+        tile = g.add("ControlNetLoader", "ControlNet: tile (light map)", (X[0], 260), "Models", [model_entry("sd15_tile")],
+                     control_net_name=MODELS["sd15_tile"]["name"])
+        detail = g.add("ControlNetLoader", "ControlNet: softedge (HF map)", (X[0], 370), "Models",
+                       [model_entry("sd15_softedge")], control_net_name=MODELS["sd15_softedge"]["name"])
+        inpaint = g.add("ControlNetLoader", "ControlNet: inpaint (harmonization)", (X[0], 480), "Models",
+                        [model_entry("sd15_inpaint")], control_net_name=MODELS["sd15_inpaint"]["name"])
+    else:
+        ckpt = g.add("CheckpointLoaderSimple", "Load checkpoint (SDXL)", (X[0], 0), "Models", [model_entry("sdxl_checkpoint")],
+                     ckpt_name=MODELS["sdxl_checkpoint"]["name"])
+        vae = ckpt.out(2)
+        tile = g.add("ControlNetLoader", "ControlNet: tile SDXL (light map)", (X[0], 260), "Models",
+                     [model_entry("sdxl_tile")], control_net_name=MODELS["sdxl_tile"]["name"])
+        detail = g.add("ControlNetLoader", "ControlNet: MistoLine SDXL (HF map)", (X[0], 370), "Models",
+                       [model_entry("sdxl_line")], control_net_name=MODELS["sdxl_line"]["name"])
+        inpaint = None
+    return ckpt, vae, tile, detail, inpaint
+
+
+def _identity_training(g: Graph, ckpt: Node, vae, fa: Node, res: int) -> tuple:
+    photos = g.add("MegaPortraitLoadSourcePhotos", "Source photos", (X[1], 120), "Identity Net: training",
+                   folder="megaportrait_source", filenames="", resolution=res, face_scale=2.2, min_photos=6, seed=0,
+                   face_analysis=fa.out(0))
+    trainer = g.add("MegaPortraitIdentityLoraTrainer", "Identity LoRA Trainer", (X[1], 420), "Identity Net: training",
+                    model=ckpt.out(0), clip=ckpt.out(1), vae=vae, images=photos.out(0), face_analysis=fa.out(0),
+                    trigger_word="sks", class_word="person", prompt_template="photo of {trigger} {class}",
+                    steps=800, learning_rate=1e-4, rank=8, alpha=8.0, batch_size=1, resolution=res, seed=0,
+                    save_name="megaportrait/identity")
+    g.add("SaveImage", "Save loss curve", (X[1], 1120), "Identity Net: training", images=trainer.out(3),
+          filename_prefix="MegaPortrait/loss_curve")
+    return photos, trainer
+
+
+def _pipeline(g: Graph, family: str, model, clip, vae, fa: Node, tile: Node, detail: Node, inpaint: Node | None,
+              res: int, photos: Node | None):
+    pos = g.add("CLIPTextEncode", "Positive prompt (keep the trigger word)", (X[2], 0), "Reference face",
+                clip=clip, text=POSITIVE)
+    neg = g.add("CLIPTextEncode", "Negative prompt", (X[2], 230), "Reference face", clip=clip, text=NEGATIVE)
+    ref = g.add("LoadImage", "Reference portrait", (X[2], 430), "Reference face", image="grace_hopper.jpg")
+    crop = g.add("MegaPortraitFaceCrop", "Face Crop", (X[2], 800), "Reference face", face_analysis=fa.out(0),
+                 image=ref.out(0), crop_size=res, context=0.25, selection="largest", index=0, min_face_size=48)
+    dual = g.add("MegaPortraitDualStrengthIdentitySampler", "Dual-Strength Identity Sampler", (X[3], 0),
+                 "Identity Net: dual-strength", model=model, positive=pos.out(0), negative=neg.out(0), vae=vae,
+                 image=crop.out(0), seed=42, steps=25, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras",
+                 reference_denoise=0.35, source_denoise=0.7, control_net=tile.out(0), control_strength=0.4)
+    g.add("PreviewImage", "Reference-like", (X[3], 620), "Identity Net: dual-strength", images=dual.out(1))
+    g.add("PreviewImage", "Source-like", (X[3], 900), "Identity Net: dual-strength", images=dual.out(3))
+    light = g.add("MegaPortraitLightMap", "Light map (of the reference-like face)", (X[4], 0), "Light and HF maps",
+                  image=dual.out(1), sigma=8.0, sigma_mode="relative to 512 px", filter_type="gaussian")
+    hf = g.add("MegaPortraitHFMap", "HF map, signed (of the source-like face)", (X[4], 200), "Light and HF maps",
+               image=dual.out(3), sigma=8.0, sigma_mode="relative to 512 px", filter_type="gaussian", gain=1.0,
+               encoding="signed")
+    hf_hint = g.add("MegaPortraitHFMap", "HF map, edges (ControlNet hint)", (X[4], 430), "Light and HF maps",
+                    image=dual.out(3), sigma=8.0, sigma_mode="relative to 512 px", filter_type="gaussian", gain=4.0,
+                    encoding="magnitude")
+    recombined = g.add("MegaPortraitRecombineMaps", "Reference light + source detail", (X[4], 660), "Light and HF maps",
+                       light_map=light.out(0), hf_map=hf.out(0), gain=1.0)
+    g.add("PreviewImage", "Maps preview", (X[4], 820), "Light and HF maps", images=hf_hint.out(0))
+    shading = g.add("MegaPortraitShadingSampler", "Shading ControlNet Sampler", (X[5], 0), "Shading Net",
+                    model=model, positive=pos.out(0), negative=neg.out(0), vae=vae, light_map=light.out(0),
+                    hf_map=hf_hint.out(0), light_control_net=tile.out(0), hf_control_net=detail.out(0),
+                    light_strength=0.6, light_start=0.0, light_end=1.0, hf_strength=0.5, hf_start=0.0, hf_end=0.7,
+                    seed=43, steps=25, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras", denoise=0.75,
+                    init_image=recombined.out(0))
+    g.add("PreviewImage", "Re-rendered face", (X[5], 760), "Shading Net", images=shading.out(1))
+    paste = g.add("MegaPortraitPasteBack", "Paste Back", (X[6], 0), "Paste-back, Harmonization Net",
+                  reference=ref.out(0), face_crop=crop.out(1), face=shading.out(1), face_analysis=fa.out(0),
+                  align="landmarks", mask_type="face ellipse", grow=0, feather=24, seam_width=16,
+                  color_match="mean (Lab)")
+    harm_kw = dict(model=model, positive=pos.out(0), negative=neg.out(0), vae=vae, image=paste.out(0), mask=paste.out(2),
+                   seed=44, steps=20, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras", denoise=0.5, grow=8,
+                   feather=16, crop_to_mask=True, padding=0.3, working_resolution=res)
+    if inpaint is not None:
+        harm_kw.update(control_net=inpaint.out(0), control_strength=0.8)
+    harm = g.add("MegaPortraitHarmonize", "Harmonize", (X[6], 380), "Paste-back, Harmonization Net", **harm_kw)
+    g.add("SaveImage", "Save portrait", (X[6], 1000), "Paste-back, Harmonization Net", images=harm.out(0),
+          filename_prefix="MegaPortrait/portrait")
+    if photos is not None:
+        g.add("MegaPortraitFaceSimilarity", "Identity check (source vs result)", (X[6], 1300),
+              "Paste-back, Harmonization Net", face_analysis=fa.out(0), image_a=photos.out(0), image_b=harm.out(0),
+              on_no_face="report")
+    return harm
+
+
+TIPS_FULL = ("MegaPortrait, full pipeline.\n\n1. Put 3-20 photos of the person in ComfyUI/input/megaportrait_source/ "
+             "(or run workflows/tools/runner.py, which uploads them).\n2. Load the reference portrait.\n3. Queue. The LoRA is "
+             "saved to models/loras/megaportrait/identity*.safetensors; next time use the 'with identity LoRA' workflow.\n\n"
+             "Tweak: reference_denoise (shading) / source_denoise (identity), ControlNet strengths, harmonize denoise. "
+             "Keep the trigger word (sks) in the prompt.")
+
+
+def build_all(spec) -> dict:
+    graphs = {}
+    for family, res in (("sd15", 512), ("sdxl", 1024)):
+        name = "megaportrait_full" if family == "sd15" else "megaportrait_full_sdxl"
+        g = Graph(name, f"MegaPortrait full pipeline ({'SD1.5' if family == 'sd15' else 'SDXL'}): train the identity "
+                        "LoRA on the source photos, then Identity Net -> maps -> Shading Net -> paste-back -> "
+                        "Harmonization Net.", spec)
+        ckpt, vae, tile, detail, inpaint = _models_and_prompts(g, family, train=True)
+        fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
+                   backend="dlib", det_threshold=0.3, det_size=640)
+        photos, trainer = _identity_training(g, ckpt, vae, fa, res)
+        _pipeline(g, family, trainer.out(0), trainer.out(1), vae, fa, tile, detail, inpaint, res, photos)
+        g.note(TIPS_FULL, (X[0], 620), (NODE_W, 330), "Models")
+        graphs[name] = g
+
+    g = Graph("megaportrait_with_lora", "MegaPortrait with an identity LoRA you already trained (no training).", spec)
+    ckpt, vae, tile, detail, inpaint = _models_and_prompts(g, "sd15", train=False)
+    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
+               backend="dlib", det_threshold=0.3, det_size=640)
+    lora = g.add("MegaPortraitLoadIdentityLora", "Load Identity LoRA", (X[1], 160), "Identity Net: training",
+                 model=ckpt.out(0), clip=ckpt.out(1), lora_name="megaportrait/identity.safetensors", strength_model=1.0,
+                 strength_clip=1.0)
+    _pipeline(g, "sd15", lora.out(0), lora.out(1), vae, fa, tile, detail, inpaint, 512, None)
+    g.note("MegaPortrait with an existing identity LoRA.\n\nPick your LoRA in 'Load Identity LoRA' (trained with the full "
+           "or training-only workflow) and use its prompt's trigger word in the positive prompt.", (X[0], 620),
+           (NODE_W, 200), "Models")
+    graphs[g.name] = g
+
+    g = Graph("megaportrait_train", "MegaPortrait Identity Net training only: source photos -> identity LoRA.", spec)
+    ckpt = g.add("CheckpointLoaderSimple", "Load checkpoint (SD1.5 photo model)", (X[0], 0), "Models",
+                 [model_entry("sd15_checkpoint")], ckpt_name=MODELS["sd15_checkpoint"]["name"])
+    vae = g.add("VAELoader", "Load VAE", (X[0], 150), "Models", [model_entry("sd15_vae")],
+                vae_name=MODELS["sd15_vae"]["name"]).out(0)
+    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
+               backend="dlib", det_threshold=0.3, det_size=640)
+    photos, trainer = _identity_training(g, ckpt, vae, fa, 512)
+    g.add("PreviewImage", "Training photos", (X[2], 0), "Identity Net: training", images=photos.out(0))
+    g.note("Training only. Photos: ComfyUI/input/megaportrait_source/. Cancel keeps a checkpoint; queue again to resume. "
+           "The LoRA lands in models/loras/megaportrait/.", (X[0], 300), (NODE_W, 160), "Models")
+    graphs[g.name] = g
+    return graphs
+
+
+# --------------------------------------------------------------------------------------------- ComfyUI glue
+def comfy_spec():
+    """Node specs from the ComfyUI importable in this process (stock nodes + this pack)."""
+    import nodes
+    cache = {}
+
+    def spec(class_type: str):
+        if class_type not in cache:
+            cls = nodes.NODE_CLASS_MAPPINGS[class_type]
+            names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+            cache[class_type] = (cls.INPUT_TYPES(), list(cls.RETURN_TYPES), list(names))
+        return cache[class_type]
+    return spec
+
+
+def render(spec) -> dict:
+    """{relative path: JSON text} of every shipped workflow file."""
+    out = {}
+    for name, g in build_all(spec).items():
+        out[f"{name}.json"] = json.dumps(g.to_ui(), indent=1) + "\n"
+        out[f"api/{name}.json"] = json.dumps(g.to_api(), indent=1) + "\n"
+    return out
+
+
+def _setup_comfy():
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import comfy_harness
+    root = os.environ.get("MEGAPORTRAIT_COMFYUI") or os.path.join(REPO, ".host", "ComfyUI")
+    comfy_harness.import_comfy(root)
+    h = comfy_harness.Harness(root)
+    import tempfile
+    cn = tempfile.mkdtemp(prefix="mp-build-")
+    os.symlink(REPO, os.path.join(cn, "comfyui-megaportrait"))
+    h.load_custom_nodes(cn)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _setup_comfy()
+    files = render(comfy_spec())
+    stale = []
+    for rel, text in files.items():
+        path = os.path.join(WF_DIR, rel)
+        old = open(path).read() if os.path.exists(path) else None
+        if old != text:
+            stale.append(rel)
+            if "--check" not in argv:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(text)
+    print(("out of date: " if "--check" in argv else "written: ") + (", ".join(stale) or "nothing"))
+    return 1 if stale and "--check" in argv else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
