@@ -177,7 +177,7 @@ class _DlibBackend:
 
     def detect(self, img: np.ndarray, threshold: float, det_size: int) -> list[Face]:
         h, w = img.shape[:2]
-        scale = det_size / max(h, w)
+        scale = min(1.0, det_size / max(h, w))     # only shrink: small faces get the detector's own upsampling
         import cv2
         small = img if abs(scale - 1) < 1e-3 else cv2.resize(
             img, (max(1, round(w * scale)), max(1, round(h * scale))),
@@ -414,8 +414,9 @@ class FaceAnalysisLoader:
                               "Detection threshold. dlib: HOG score (0.3 default; lower finds harder faces and more false "
                               "ones). insightface: confidence 0..1 (0.5 is usual)."}),
             "det_size": ("INT", {"default": 640, "min": 160, "max": 2048, "step": 32, "tooltip":
-                         "Images are resized so their longer side is this many pixels for detection (any input size "
-                         "works); landmarks and embeddings use the full-resolution image."}),
+                         "Larger images are shrunk so their longer side is this many pixels for detection (any input "
+                         "size works; small faces get the detector's own upsampling); landmarks and embeddings use the "
+                         "full-resolution image."}),
         }, "optional": {
             "landmarks": (["5-point", "68-point"], {"default": "5-point", "tooltip":
                           "dlib only. 5-point (default; CC0 training data) or 68-point (its training data excludes "

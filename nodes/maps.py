@@ -72,13 +72,14 @@ def _filter_bhwc(x: torch.Tensor, sigma_px: float, filter_type: str, backend: st
         out = torch.empty_like(xs)
         border = cv2.BORDER_REFLECT_101
         for i in range(xs.shape[0]):
-            src = xs[i].numpy()
+            src, dst = xs[i].numpy(), out[i].numpy()
+            if src.shape[-1] == 1:                     # OpenCV drops a trailing channel axis of 1
+                src, dst = src[..., 0], dst[..., 0]
             if filter_type == "gaussian":
-                dst = cv2.GaussianBlur(src, (k, k), sigma_px, sigmaY=sigma_px, borderType=border)
+                cv2.GaussianBlur(src, (k, k), sigma_px, dst=dst, sigmaY=sigma_px, borderType=border)
             else:
-                dst = cv2.blur(src, (k, k), borderType=border)
-            out[i] = torch.from_numpy(dst.reshape(src.shape))
-        return out.to(device=x.device, dtype=x.dtype)
+                cv2.blur(src, (k, k), dst=dst, borderType=border)
+        return out if (out.device, out.dtype) == (x.device, x.dtype) else out.to(device=x.device, dtype=x.dtype)
     import kornia.filters as kf
 
     xc = bhwc_to_bchw(x)
@@ -119,7 +120,8 @@ def light_map(image: torch.Tensor, sigma: float, **kw) -> torch.Tensor:
 
 def hf_detail(image: torch.Tensor, sigma: float, **kw) -> torch.Tensor:
     """The signed high-frequency detail ``image - low_pass(image)``, in [-1, 1]."""
-    return image - low_pass(image, sigma, **kw)
+    low = low_pass(image, sigma, **kw)
+    return torch.sub(image, low, out=low)          # in place: no extra full-size buffer
 
 
 ENCODINGS = ("signed", "magnitude")
@@ -134,9 +136,9 @@ def encode_detail(detail: torch.Tensor, gain: float = 1.0, encoding: str = "sign
     if not math.isfinite(gain) or gain <= 0:
         raise ValueError(f"gain must be > 0, got {gain}")
     if encoding == "signed":
-        return (0.5 + detail * (gain / 2.0)).clamp(0.0, 1.0)
+        return (detail * (gain / 2.0)).add_(0.5).clamp_(0.0, 1.0)
     if encoding == "magnitude":
-        return (detail.abs() * gain).clamp(0.0, 1.0)
+        return (detail.abs().mul_(gain)).clamp_(0.0, 1.0)
     raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
 
 

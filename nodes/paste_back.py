@@ -19,7 +19,7 @@ import torch
 
 from .common import CATEGORY, MegaPortraitError, check_image, log
 from .face_analysis import FaceAnalyzer
-from .face_crop import FACE_ELLIPSE, CropInfo, FaceCrop, compose, similarity, warp
+from .face_crop import FACE_ELLIPSE, CropInfo, FaceCrop, compose, similarity, transform_points, warp
 
 MASK_TYPES = ("face ellipse", "landmark hull", "whole crop")
 ALIGN_MODES = ("landmarks", "none")
@@ -123,9 +123,28 @@ def color_match(pasted: torch.Tensor, reference: torch.Tensor, region: torch.Ten
     return kc.lab_to_rgb(out[None])[0].permute(1, 2, 0).clamp(0, 1)
 
 
+def _roi(m_crop_to_ref: np.ndarray, crop_size: int, h: int, w: int, margin: int = 3) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1) in the reference of the crop square mapped back, clamped to the image."""
+    s = crop_size
+    c = transform_points(m_crop_to_ref, [[0, 0], [s, 0], [0, s], [s, s]])
+    x0, y0 = max(int(math.floor(c[:, 0].min())) - margin, 0), max(int(math.floor(c[:, 1].min())) - margin, 0)
+    x1, y1 = min(int(math.ceil(c[:, 0].max())) + margin, w), min(int(math.ceil(c[:, 1].max())) + margin, h)
+    return x0, y0, max(x1, x0), max(y1, y0)
+
+
+def _shift(m: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    out = m.copy()
+    out[:, 2] -= (x0, y0)
+    return out
+
+
 def paste_one(reference: np.ndarray, info: CropInfo, face: np.ndarray, analyzer: FaceAnalyzer | None, align: str,
               mask_type: str, grow: int, feather: int, seam_width: int, color: str) -> tuple:
-    """Paste one face (float32 HfxWfx3) onto one reference (float32 HxWxC). Returns (image, mask, seam, note)."""
+    """Paste one face (float32 HfxWfx3) onto one reference (float32 HxWxC). Returns (image, mask, seam, note).
+
+    Only the region the crop square maps to is touched (warped, colour-matched, blended); everything else is a
+    copy of the reference, and inside that region pixels with mask 0 keep the reference's exact values
+    (ref * 1 + face * 0)."""
     import cv2
     h, w = info.image_size
     s = info.crop_size
@@ -137,23 +156,30 @@ def paste_one(reference: np.ndarray, info: CropInfo, face: np.ndarray, analyzer:
         t, note = drift_transform(analyzer, face_at_crop, info)
     else:
         t, note = np.array([[1.0, 0, 0], [0, 1.0, 0]]), "alignment off"
-    m_face = compose(info.inverse, compose(t, to_crop))          # face pixel -> reference pixel
-    pasted = warp(face, m_face, (w, h))
-    mask_c = crop_mask(info, mask_type, grow, feather)
-    mask = np.clip(cv2.warpAffine(mask_c, info.inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                  borderValue=0), 0.0, 1.0)
-    seam_c = seam_band(mask_c, seam_width, max(1, feather // 2) if feather else 0)
-    seam = np.clip(cv2.warpAffine(seam_c, info.inverse, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                  borderValue=0), 0.0, 1.0)
-    ref_rgb = torch.from_numpy(np.ascontiguousarray(reference[..., :3]))
-    pasted_t = torch.from_numpy(np.ascontiguousarray(np.clip(pasted, 0, 1)))
-    pasted_t = color_match(pasted_t, ref_rgb, torch.from_numpy(mask > 0.5), color)
-    mt = torch.from_numpy(mask)[..., None]
+    inv = info.inverse
+    m_face = compose(inv, compose(t, to_crop))                  # face pixel -> reference pixel
+    x0, y0, x1, y1 = _roi(inv, s, h, w)
+    mask = torch.zeros((h, w), dtype=torch.float32)
+    seam = torch.zeros((h, w), dtype=torch.float32)
     out = torch.from_numpy(reference.copy())
-    out[..., :3] = ref_rgb * (1.0 - mt) + pasted_t * mt
-    zero = torch.from_numpy(mask == 0)
-    out[..., :3][zero] = ref_rgb[zero]             # exactly the reference where the mask is 0
-    return out, torch.from_numpy(mask), torch.from_numpy(seam), note
+    if x1 <= x0 or y1 <= y0:
+        return out, mask, seam, note
+    rw, rh = x1 - x0, y1 - y0
+    pasted = np.clip(warp(face, _shift(m_face, x0, y0), (rw, rh)), 0.0, 1.0)
+    mask_c = crop_mask(info, mask_type, grow, feather)
+    inv_roi = _shift(inv, x0, y0)
+    mask_r = np.clip(cv2.warpAffine(mask_c, inv_roi, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=0), 0.0, 1.0)
+    seam_c = seam_band(mask_c, seam_width, max(1, feather // 2) if feather else 0)
+    seam_r = np.clip(cv2.warpAffine(seam_c, inv_roi, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=0), 0.0, 1.0)
+    ref_rgb = torch.from_numpy(np.ascontiguousarray(reference[y0:y1, x0:x1, :3]))
+    pasted_t = color_match(torch.from_numpy(pasted), ref_rgb, torch.from_numpy(mask_r > 0.5), color)
+    mt = torch.from_numpy(mask_r)[..., None]
+    out[y0:y1, x0:x1, :3] = ref_rgb * (1.0 - mt) + pasted_t * mt
+    mask[y0:y1, x0:x1] = torch.from_numpy(mask_r)
+    seam[y0:y1, x0:x1] = torch.from_numpy(seam_r)
+    return out, mask, seam, note
 
 
 def paste_back(node: str, reference: torch.Tensor, face_crop: FaceCrop, face: torch.Tensor,

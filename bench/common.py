@@ -1,0 +1,96 @@
+"""Shared benchmark plumbing: a real ComfyUI in-process with this pack and the tiny models, timers, machine facts."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for p in (os.path.join(REPO, "tests"), os.path.join(REPO, "workflows", "tools")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+COMFY_ROOT = os.path.abspath(os.environ.get("MEGAPORTRAIT_COMFYUI") or os.path.join(REPO, ".host", "ComfyUI"))
+EXAMPLES = os.path.join(REPO, "example_inputs")
+
+
+def machine() -> dict:
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "comfyui": COMFY_ROOT}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def timeit(fn, repeat: int = 5, warmup: int = 1) -> dict:
+    """Median/min wall time of fn() in seconds (after warm-up runs)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": repeat}
+
+
+_h = None
+
+
+def comfy():
+    """The in-process ComfyUI harness with this pack and tiny models (created once per process)."""
+    global _h
+    if _h is not None:
+        return _h
+    import torch
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    import comfy_harness
+    comfy_harness.import_comfy(COMFY_ROOT)
+    h = comfy_harness.Harness(COMFY_ROOT)
+    import tiny_models
+    tiny_models.register()
+    work = tempfile.mkdtemp(prefix="mp-bench-")
+    models = os.path.join(work, "models")
+    tiny_models.write_all(models)
+    for kind in ("checkpoints", "controlnet", "loras", "vae"):
+        h.folder_paths.add_model_folder_path(kind, os.path.join(models, kind))
+        paths = h.folder_paths.folder_names_and_paths[kind][0]
+        paths.insert(0, paths.pop(paths.index(os.path.join(models, kind))))
+    for sub in ("input", "output", "temp", "custom_nodes"):
+        os.makedirs(os.path.join(work, sub), exist_ok=True)
+    h.folder_paths.set_output_directory(os.path.join(work, "output"))
+    h.folder_paths.set_input_directory(os.path.join(work, "input"))
+    h.folder_paths.set_temp_directory(os.path.join(work, "temp"))
+    os.symlink(REPO, os.path.join(work, "custom_nodes", "comfyui-megaportrait"))
+    h.load_custom_nodes(os.path.join(work, "custom_nodes"))
+    import shutil
+    for name in os.listdir(EXAMPLES):
+        if name.endswith((".png", ".jpg")):
+            shutil.copy(os.path.join(EXAMPLES, name), os.path.join(work, "input"))
+    h.work = work
+    _h = h
+    return h
+
+
+def pack():
+    import conftest
+    return conftest.import_pack()
+
+
+def emit(result: dict) -> None:
+    """Section scripts print one JSON line prefixed with RESULT: for bench/run.py."""
+    print("RESULT:" + json.dumps(result), flush=True)
