@@ -18,6 +18,7 @@ import copy
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -209,33 +210,40 @@ def train_loop(loss_fn: Callable[[torch.Generator], torch.Tensor], param_groups:
     else:
         gen.manual_seed(int(cfg.seed) + 1)
     params = [p for g in param_groups for p in g["params"]]
-    while state.step < cfg.steps:
-        check_interrupt()
-        gen_before = gen.get_state()
-        loss = loss_fn(gen)
-        if not torch.isfinite(loss):
-            gen.set_state(gen_before)
-            raise NonFiniteLoss(f"the loss became {loss.item()} at step {state.step + 1}")
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        state.step += 1
-        state.losses.append(float(loss.detach()))
+
+    def snapshot():           # optimizer and generator state are copied only when a checkpoint needs them
         state.generator_state = gen.get_state()
         state.optimizer_state = opt.state_dict()
-        on_step(state.step, state.losses[-1])
-        if checkpoint_every and state.step % checkpoint_every == 0 and state.step < cfg.steps:
-            checkpoint(state)
+    try:
+        while state.step < cfg.steps:
+            check_interrupt()
+            gen_before = gen.get_state()
+            loss = loss_fn(gen)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                gen.set_state(gen_before)
+                raise NonFiniteLoss(f"the loss became {loss_value} at step {state.step + 1}")
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            state.step += 1
+            state.losses.append(loss_value)
+            on_step(state.step, loss_value)
+            if checkpoint_every and state.step % checkpoint_every == 0 and state.step < cfg.steps:
+                snapshot()
+                checkpoint(state)
+    finally:
+        snapshot()            # the state of the last completed step, also when interrupted
     return state
 
 
@@ -546,6 +554,22 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
             c, p = out[0], out[1]
             return c.to(device), (p.to(device) if p is not None else None)
 
+        cond_cache: dict = {}
+
+        def model_args(bs: int, x0: torch.Tensor) -> dict:
+            if te is None and bs in cond_cache:
+                return cond_cache[bs]
+            c, p = text_cond()
+            kw = {"cross_attn": c.expand(bs, *c.shape[1:])}
+            if p is not None:
+                kw["pooled_output"] = p.expand(bs, *p.shape[1:])
+            extra = base.extra_conds(width=w, height=h, crop_w=0, crop_h=0, target_width=w, target_height=h,
+                                     device=device, noise=x0, **kw)
+            args = {k: v.cond for k, v in extra.items()}
+            if te is None:
+                cond_cache[bs] = args
+            return args
+
         def loss_fn(gen: torch.Generator) -> torch.Tensor:
             bs = cfg.batch_size
             idx = torch.randint(0, lat.shape[0], (bs,), generator=gen)
@@ -557,13 +581,7 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
             else:
                 u = torch.rand(bs, generator=gen).clamp(1e-3, 1 - 1e-3)
                 sigma = torch.tensor([ms.percent_to_sigma(float(v)) for v in u], device=device)
-            c, p = text_cond()
-            kw = {"cross_attn": c.expand(bs, *c.shape[1:])}
-            if p is not None:
-                kw["pooled_output"] = p.expand(bs, *p.shape[1:])
-            extra = base.extra_conds(width=w, height=h, crop_w=0, crop_h=0, target_width=w, target_height=h,
-                                     device=device, noise=x0, **kw)
-            args = {k: v.cond for k, v in extra.items()}
+            args = model_args(bs, x0)
             x_noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
             with ac:
                 denoised = base.apply_model(x_noisy, sigma, **args)

@@ -87,6 +87,16 @@ def test_batch_any_size_and_channels(maps):
 
 
 def test_kornia_and_opencv_backends_agree(maps, hopper):
+    for sigma in (3.0, 20.0, 60.0):            # small and wide kernels (the FFT path takes k >= 151)
+        a = maps.low_pass(hopper, sigma, mode="pixels", backend="opencv")
+        b = maps.low_pass(hopper, sigma, mode="pixels", backend="fft")
+        assert (a - b).abs().max().item() < 1e-5
+    big = maps.low_pass(hopper, 60.0, mode="pixels")     # auto: FFT on the CPU for this kernel
+    assert maps._kernel_size(60.0, "gaussian", 600, 512) >= maps.FFT_MIN_KERNEL
+    assert (big - maps.low_pass(hopper, 60.0, mode="pixels", backend="opencv")).abs().max().item() < 1e-5
+    x = torch.rand(2, 300, 301, 1)
+    assert (maps.low_pass(x, 40.0, mode="pixels", backend="fft")
+            - maps.low_pass(x, 40.0, mode="pixels", backend="opencv")).abs().max().item() < 1e-5
     for filt in ("gaussian", "box"):
         a = maps.low_pass(hopper, 6.0, mode="pixels", filter_type=filt, backend="opencv")
         b = maps.low_pass(hopper, 6.0, mode="pixels", filter_type=filt, backend="kornia")

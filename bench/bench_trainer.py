@@ -1,0 +1,125 @@
+"""Identity LoRA trainer vs a plain peft training loop on the same tiny UNet (same data, targets, rank, optimizer,
+batch, steps), each in its own process: steps/s and peak memory.
+
+    python bench_trainer.py [--steps N] [--resolution PX]          # runs both variants, prints one RESULT line
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def setup(resolution: int):
+    from common import comfy, pack
+    h = comfy()
+    pack()
+    with torch.inference_mode():
+        m, c, v = h.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
+    g = torch.Generator().manual_seed(0)
+    photos = torch.rand(6, resolution, resolution, 3, generator=g)
+    return m, c, v, photos
+
+
+def run_ours(steps: int, resolution: int, batch: int) -> dict:
+    m, c, v, photos = setup(resolution)
+    from comfyui_megaportrait.nodes import identity_lora as il
+    base_rss = rss_mb()
+    stamps = []
+    cfg = il.TrainConfig(steps=steps, learning_rate=1e-4, rank=8, alpha=8, batch_size=batch, resolution=resolution,
+                         flip=False)
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mp-bench-{os.getpid()}.safetensors")
+    with torch.inference_mode():
+        il.train_identity_lora("bench", m, c, v, photos, "photo of sks person", cfg, path, resume="off",
+                               checkpoint_every=0, on_progress=lambda s, l, ls: stamps.append(time.perf_counter()))
+    return {"steps_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]), "rss_base_mb": base_rss,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_peft(steps: int, resolution: int, batch: int) -> dict:
+    """The textbook loop: UNet copy + peft LoRA, DDPM noise at uniform timesteps, epsilon MSE, AdamW."""
+    m, c, v, photos = setup(resolution)
+    from comfyui_megaportrait.nodes import identity_lora as il
+    base_rss = rss_mb()
+    with torch.inference_mode(False), torch.enable_grad():
+        unet = copy.deepcopy(m.model.diffusion_model)
+        il._clone_norm_inputs(unet)        # this ComfyUI's in-place residuals need it for any backward pass
+        unet.requires_grad_(False)
+        il.inject_lora(unet, il.UNET_TARGETS["attention"], 8, 8, 0)
+        params = il.lora_parameters(unet)
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+        with torch.no_grad():
+            lat = (v.encode(photos) * 0.18215).detach().clone()
+            cond = c.encode_from_tokens(c.tokenize("photo of sks person")).detach().clone()
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        acp = torch.cumprod(1 - betas, 0).float()
+        gen = torch.Generator().manual_seed(1)
+        stamps = []
+        for _ in range(steps):
+            idx = torch.randint(0, lat.shape[0], (batch,), generator=gen)
+            x0 = lat[idx]
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, 1000, (batch,), generator=gen)
+            a = acp[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            eps = unet(xt, t.float(), context=cond.expand(batch, -1, -1))
+            loss = torch.nn.functional.mse_loss(eps.float(), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            stamps.append(time.perf_counter())
+    return {"steps_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]), "rss_base_mb": base_rss,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", choices=("ours", "peft"))
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=2)
+    args = ap.parse_args()
+    if args.variant:
+        fn = run_ours if args.variant == "ours" else run_peft
+        print("VARIANT:" + json.dumps(fn(args.steps, args.resolution, args.batch)), flush=True)
+        return
+    from common import emit, machine
+    res = {}
+    for variant in ("peft", "ours", "peft", "ours"):          # interleaved, best of two each
+        out = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
+                              "--resolution", str(args.resolution), "--batch", str(args.batch)],
+                             capture_output=True, text=True, env=dict(os.environ))
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("VARIANT:")]
+        if not line:
+            raise SystemExit(out.stderr[-3000:])
+        r = json.loads(line[0][8:])
+        best = res.get(variant)
+        if best is None or r["steps_per_s"] > best["steps_per_s"]:
+            res[variant] = r
+    ours, peft = res["ours"], res["peft"]
+    emit({"section": "trainer", "machine": machine(), "config": vars(args),
+          "rows": [{"op": f"identity LoRA training, tiny SD1.5-shaped UNet, {args.resolution} px, batch {args.batch}, "
+                          f"rank 8 attention",
+                    "ours_steps_per_s": ours["steps_per_s"], "peft_steps_per_s": peft["steps_per_s"],
+                    "speed_ratio": ours["steps_per_s"] / peft["steps_per_s"],
+                    "ours_peak_rss_mb": ours["peak_rss_mb"], "peft_peak_rss_mb": peft["peak_rss_mb"],
+                    "ours_train_mb": ours["peak_rss_mb"] - ours["rss_base_mb"],
+                    "peft_train_mb": peft["peak_rss_mb"] - peft["rss_base_mb"],
+                    "memory_ratio": ours["peak_rss_mb"] / peft["peak_rss_mb"]}]})
+
+
+if __name__ == "__main__":
+    main()

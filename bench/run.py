@@ -1,0 +1,111 @@
+"""Run every benchmark section (each in its own process) and write results/results.json + results/results.md.
+
+    python bench/run.py [--out bench/results] [--only image_ops,sampling,trainer,pipeline,gpu]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SECTIONS = {
+    "image_ops": ["bench_image_ops.py"],
+    "sampling": ["bench_sampling.py"],
+    "trainer": ["bench_trainer.py"],
+    "pipeline": ["bench_pipeline.py"],
+    "gpu": ["bench_gpu.py"],
+}
+GOALS = {"image_ops": "<= 1.0x OpenCV", "sampling": "no slower than stock; dual-strength <= 0.6x of two KSamplers",
+         "trainer": ">= 1.0x speed, <= 1.0x memory of a plain peft loop", "pipeline": "<= 1.05x of the stock passes"}
+
+
+def run_section(name: str) -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(HERE, SECTIONS[name][0])], capture_output=True, text=True,
+                          env=env, cwd=HERE)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT:")]
+    if proc.returncode != 0 or not lines:
+        return {"section": name, "error": (proc.stderr or proc.stdout)[-2000:], "seconds": time.time() - t0}
+    res = json.loads(lines[-1][len("RESULT:"):])
+    res["seconds"] = time.time() - t0
+    return res
+
+
+def fmt_ms(s):
+    return "-" if s is None else (f"{s * 1000:.1f} ms" if s < 10 else f"{s:.1f} s")
+
+
+def to_markdown(results: list, started: str) -> str:
+    out = [f"# MegaPortrait benchmarks ({started})", ""]
+    mach = next((r["machine"] for r in results if "machine" in r), {})
+    out.append(f"Machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores (benchmarks use "
+               f"{mach.get('threads', '?')} thread(s)), torch {mach.get('torch', '?')}"
+               + (f", GPU {mach['gpu']}" if mach.get("gpu") else ", no GPU") + f"; ComfyUI: {mach.get('comfyui', '?')}")
+    out.append("")
+    for r in results:
+        name = r["section"]
+        out.append(f"## {name} (goal: {GOALS.get(name, '-')})")
+        out.append("")
+        if "error" in r:
+            out += ["```", r["error"].strip()[-1500:], "```", ""]
+            continue
+        if r.get("skipped"):
+            out += [r["skipped"], ""]
+            continue
+        if name == "image_ops":
+            out += ["| operation | size | ours | OpenCV reference | ratio |", "|---|---|---|---|---|"]
+            for x in r["rows"]:
+                ratio = "-" if x["ratio"] is None else f"{x['ratio']:.2f}x"
+                out.append(f"| {x['op']} | {x['size']} px | {fmt_ms(x['ours_s'])} | {fmt_ms(x['reference_s'])} | {ratio} |")
+        elif name in ("sampling", "pipeline"):
+            out += ["| operation | model | size | ours | stock nodes | ratio |", "|---|---|---|---|---|---|"]
+            for x in r["rows"]:
+                out.append(f"| {x['op']} | {x.get('model', 'tiny SD1.5-shaped')} | {x.get('size', '-')} | "
+                           f"{fmt_ms(x['ours_s'])} | {fmt_ms(x['stock_s'])} ({x['stock']}) | {x['ratio']:.2f}x |")
+        elif name == "trainer":
+            out += ["| run | ours | plain peft loop | ratio |", "|---|---|---|---|"]
+            for x in r["rows"]:
+                out.append(f"| {x['op']}: steps/s | {x['ours_steps_per_s']:.2f} | {x['peft_steps_per_s']:.2f} | "
+                           f"{x['speed_ratio']:.2f}x |")
+                out.append(f"| peak RSS (process) | {x['ours_peak_rss_mb']:.0f} MB | {x['peft_peak_rss_mb']:.0f} MB | "
+                           f"{x['memory_ratio']:.2f}x |")
+                out.append(f"| of which training | {x['ours_train_mb']:.0f} MB | {x['peft_train_mb']:.0f} MB | |")
+        elif name == "gpu":
+            out += ["| measurement | value |", "|---|---|"]
+            for x in r["rows"]:
+                out.append(f"| {x['op']} | {x['value']} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--only", default=",".join(SECTIONS))
+    args = ap.parse_args()
+    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    results = []
+    for name in [s.strip() for s in args.only.split(",") if s.strip()]:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        r = run_section(name)
+        results.append(r)
+        print(f"[bench] {name}: {'error' if 'error' in r else 'done'} in {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"started": started, "results": results}, f, indent=1)
+    md = to_markdown(results, started)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
