@@ -156,13 +156,14 @@ def main():
             add(f"{label}: dual-strength sampler vs two KSamplers ({size} px, {steps} steps)",
                 f"{t_dual:.2f} s vs {t_two:.2f} s = {t_dual / t_two:.2f}x")
         # the whole workflow (with an identity LoRA)
-        prompt = pipeline_prompt(names, size, 2 if dry else 25)
+        wf_steps = 2 if dry else 25
+        prompt = pipeline_prompt(names, size, wf_steps)
         h.run(prompt)
         peak_reset()
         t0 = time.perf_counter()
         h.run(prompt)
-        add(f"{label}: whole with-LoRA workflow at {size} px (25 steps per sampler)", f"{time.perf_counter() - t0:.1f} s, "
-            f"peak VRAM {peak_gb()}")
+        add(f"{label}: whole with-LoRA workflow at {size} px ({wf_steps} steps per sampler)",
+            f"{time.perf_counter() - t0:.1f} s, peak VRAM {peak_gb()}")
         # trainer
         tsteps = 3 if dry else 40
         cfg = il.TrainConfig(steps=tsteps, learning_rate=1e-4, rank=8, alpha=8, batch_size=1, resolution=size, flip=False)
