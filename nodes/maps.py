@@ -96,16 +96,22 @@ def _filter_bhwc(x: torch.Tensor, sigma_px: float, filter_type: str, backend: st
         import cv2
 
         xs = x.detach().float().cpu().contiguous()
-        out = torch.empty_like(xs)
         border = cv2.BORDER_REFLECT_101
-        for i in range(xs.shape[0]):
-            src, dst = xs[i].numpy(), out[i].numpy()
-            if src.shape[-1] == 1:                     # OpenCV drops a trailing channel axis of 1
-                src, dst = src[..., 0], dst[..., 0]
+
+        def blur(src, dst=None):
             if filter_type == "gaussian":
-                cv2.GaussianBlur(src, (k, k), sigma_px, dst=dst, sigmaY=sigma_px, borderType=border)
-            else:
-                cv2.blur(src, (k, k), dst=dst, borderType=border)
+                return cv2.GaussianBlur(src, (k, k), sigma_px, dst=dst, sigmaY=sigma_px, borderType=border)
+            return cv2.blur(src, (k, k), dst=dst, borderType=border)
+        if xs.shape[0] == 1:                         # one image: OpenCV allocates, the tensor wraps it (no copy)
+            src = xs[0].numpy()
+            out = torch.from_numpy(blur(src).reshape(src.shape))[None]
+        else:
+            out = torch.empty_like(xs)
+            for i in range(xs.shape[0]):
+                src, dst = xs[i].numpy(), out[i].numpy()
+                if src.shape[-1] == 1:                 # OpenCV drops a trailing channel axis of 1
+                    src, dst = src[..., 0], dst[..., 0]
+                blur(src, dst)
         return out if (out.device, out.dtype) == (x.device, x.dtype) else out.to(device=x.device, dtype=x.dtype)
     import kornia.filters as kf
 
@@ -163,6 +169,13 @@ def encode_detail(detail: torch.Tensor, gain: float = 1.0, encoding: str = "sign
     if not math.isfinite(gain) or gain <= 0:
         raise ValueError(f"gain must be > 0, got {gain}")
     if encoding == "signed":
+        if detail.device.type == "cpu" and detail.dtype == torch.float32 and detail.is_contiguous():
+            import cv2
+            import numpy as np
+            d = detail.numpy()
+            hf = cv2.addWeighted(d, gain / 2.0, d, 0.0, 0.5)            # one pass: 0.5 + detail * gain / 2
+            np.clip(hf, 0.0, 1.0, out=hf)
+            return torch.from_numpy(hf.reshape(d.shape))
         return (detail * (gain / 2.0)).add_(0.5).clamp_(0.0, 1.0)
     if encoding == "magnitude":
         return (detail.abs().mul_(gain)).clamp_(0.0, 1.0)
