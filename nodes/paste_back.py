@@ -102,13 +102,31 @@ def drift_transform(analyzer: FaceAnalyzer | None, face_img: np.ndarray, info: C
     return t, "aligned on re-detected landmarks"
 
 
+def _to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """[H, W, 3] sRGB 0..1 -> [3, H, W] CIE Lab (OpenCV on the CPU, kornia elsewhere; the same conversion)."""
+    if rgb.device.type == "cpu":
+        import cv2
+        lab = cv2.cvtColor(np.ascontiguousarray(rgb.float().clamp(0, 1).numpy()), cv2.COLOR_RGB2Lab)
+        return torch.from_numpy(lab).permute(2, 0, 1)
+    import kornia.color as kc
+    return kc.rgb_to_lab(rgb.permute(2, 0, 1)[None].clamp(0, 1))[0]
+
+
+def _from_lab(lab: torch.Tensor) -> torch.Tensor:
+    if lab.device.type == "cpu":
+        import cv2
+        rgb = cv2.cvtColor(np.ascontiguousarray(lab.permute(1, 2, 0).float().numpy()), cv2.COLOR_Lab2RGB)
+        return torch.from_numpy(rgb).clamp(0, 1)
+    import kornia.color as kc
+    return kc.lab_to_rgb(lab[None])[0].permute(1, 2, 0).clamp(0, 1)
+
+
 def color_match(pasted: torch.Tensor, reference: torch.Tensor, region: torch.Tensor, mode: str) -> torch.Tensor:
-    """Match the statistics of ``pasted`` to ``reference`` inside ``region`` (HxW bool), in CIE Lab (kornia)."""
+    """Match the statistics of ``pasted`` to ``reference`` inside ``region`` (HxW bool), in CIE Lab."""
     if mode == "none" or int(region.sum()) < 16:
         return pasted
-    import kornia.color as kc
-    p = kc.rgb_to_lab(pasted.permute(2, 0, 1)[None].clamp(0, 1))[0]
-    r = kc.rgb_to_lab(reference.permute(2, 0, 1)[None].clamp(0, 1))[0]
+    p = _to_lab(pasted)
+    r = _to_lab(reference)
     pv, rv = p[:, region], r[:, region]
     mp, mr = pv.mean(1, keepdim=True), rv.mean(1, keepdim=True)
     chans = [0] if mode == "luminance" else [0, 1, 2]
@@ -120,7 +138,7 @@ def color_match(pasted: torch.Tensor, reference: torch.Tensor, region: torch.Ten
             flat[c] = (flat[c] - mp[c]) * (sr / sp) + mr[c]
         else:
             flat[c] = flat[c] - mp[c] + mr[c]
-    return kc.lab_to_rgb(out[None])[0].permute(1, 2, 0).clamp(0, 1)
+    return _from_lab(out)
 
 
 def _roi(m_crop_to_ref: np.ndarray, crop_size: int, h: int, w: int, margin: int = 3) -> tuple[int, int, int, int]:
