@@ -39,7 +39,7 @@ def run_section(name: str) -> dict:
 
 
 def fmt_ms(s):
-    return "-" if s is None else (f"{s * 1000:.1f} ms" if s < 10 else f"{s:.1f} s")
+    return "-" if s is None else (f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s")
 
 
 def to_markdown(results: list, started: str) -> str:

@@ -1,0 +1,38 @@
+"""The benchmark command's plumbing (the measurements themselves are not timed tests)."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_bench_run_writes_markdown_and_json(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run.py"), "--only", "gpu", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    (gpu,) = data["results"]
+    assert gpu["section"] == "gpu" and "machine" in gpu
+    md = (tmp_path / "results.md").read_text()
+    assert "## gpu" in md and ("GPU mode skipped" in md or "it/s" in md)
+
+
+def test_markdown_tables_for_every_section():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import run
+    m = {"cpu": "x", "cores": 2, "threads": 1, "torch": "t"}
+    results = [
+        {"section": "image_ops", "machine": m, "rows": [{"op": "light map", "size": 512, "ours_s": 0.01,
+                                                          "reference_s": 0.02, "ratio": 0.5}]},
+        {"section": "sampling", "machine": m, "rows": [{"op": "dual", "model": "SD", "size": "64x64", "ours_s": 1.0,
+                                                         "stock_s": 2.0, "ratio": 0.5, "stock": "two KSamplers"}]},
+        {"section": "trainer", "machine": m, "rows": [{"op": "t", "ours_steps_per_s": 2.0, "peft_steps_per_s": 1.0,
+                                                        "speed_ratio": 2.0, "ours_peak_rss_mb": 10, "peft_peak_rss_mb": 20,
+                                                        "ours_train_mb": 5, "peft_train_mb": 6, "memory_ratio": 0.5}]},
+        {"section": "pipeline", "error": "boom"},
+    ]
+    md = run.to_markdown(results, "now")
+    assert "| light map | 512 px | 10.0 ms | 20.0 ms | 0.50x |" in md
+    assert "| dual | SD | 64x64 | 1.00 s | 2.00 s (two KSamplers) | 0.50x |" in md
+    assert "2.00x" in md and "boom" in md
