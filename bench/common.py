@@ -36,8 +36,9 @@ def machine() -> dict:
     return info
 
 
-def timeit(fn, repeat: int = 5, warmup: int = 1) -> dict:
-    """Median/min wall time of fn() in seconds (after warm-up runs)."""
+def timeit(fn, repeat: int = 7, warmup: int = 1) -> dict:
+    """Wall time of fn() in seconds after warm-up runs: min (best of ``repeat``, what the tables report: the least
+    disturbed by other work on a shared machine) and median."""
     for _ in range(warmup):
         fn()
     times = []

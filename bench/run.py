@@ -49,6 +49,8 @@ def to_markdown(results: list, started: str) -> str:
                f"{mach.get('threads', '?')} thread(s)), torch {mach.get('torch', '?')}"
                + (f", GPU {mach['gpu']}" if mach.get("gpu") else ", no GPU") + f"; ComfyUI: {mach.get('comfyui', '?')}")
     out.append("")
+    out.append("Times are the best of 5-7 runs after a warm-up (2-3 for runs over 10 s); ratios are ours / reference.")
+    out.append("")
     for r in results:
         name = r["section"]
         out.append(f"## {name} (goal: {GOALS.get(name, '-')})")

@@ -43,6 +43,12 @@ def require(module: str, node: str, pip_name: str | None = None, purpose: str = 
         ) from e
 
 
+def check_choice(node: str, name: str, value, allowed) -> None:
+    """A combo value sent through the API must be one of the node's choices."""
+    if value not in allowed:
+        raise MegaPortraitError(node, f"unknown {name} {value!r}.", f"use one of {list(allowed)}.")
+
+
 def check_image(node: str, image: torch.Tensor, name: str = "image") -> torch.Tensor:
     """Validate a ComfyUI IMAGE: float tensor [batch, height, width, channels] with 1..4 channels."""
     if not isinstance(image, torch.Tensor):

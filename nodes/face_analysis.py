@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .common import CATEGORY, MegaPortraitError, check_image, log, require
+from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log, require
 
 BACKENDS = ("dlib", "insightface")
 PROVIDERS = ("auto", "CUDA", "CPU")
@@ -433,8 +433,7 @@ class FaceAnalysisLoader:
     def load(self, backend, det_threshold, det_size, landmarks="5-point", refine_landmarks=True,
              insightface_pack="buffalo_l", provider="auto"):
         node = "Face Analysis Loader"
-        if backend not in BACKENDS:
-            raise MegaPortraitError(node, f"unknown backend {backend!r}.", f"use one of {list(BACKENDS)}.")
+        check_choice(node, "backend", backend, BACKENDS)
         fa = FaceAnalyzer(backend=backend, det_threshold=float(det_threshold), det_size=int(det_size),
                           landmarks=landmarks, refine_landmarks=bool(refine_landmarks),
                           insightface_pack=insightface_pack, provider=provider, node=node)

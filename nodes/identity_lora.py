@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .common import CATEGORY, MegaPortraitError, check_image, log, require
+from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log, require
 
 ADAPTER = "megaportrait"
 UNET_TARGETS = {
@@ -733,8 +733,7 @@ class IdentityLoraTrainer:
             raise MegaPortraitError(node, f"resolution {resolution} is not a multiple of 8.", "use 512, 768 or 1024.")
         for name, val, allowed in (("precision", precision, PRECISIONS), ("resume", resume, RESUME),
                                    ("if_exists", if_exists, IF_EXISTS), ("target", target, tuple(UNET_TARGETS))):
-            if val not in allowed:
-                raise MegaPortraitError(node, f"unknown {name} {val!r}.", f"use one of {list(allowed)}.")
+            check_choice(node, name, val, allowed)
         prompt = prompt_template.replace("{trigger}", trigger_word).replace("{class}", class_word).strip()
         if not prompt:
             raise MegaPortraitError(node, "the instance prompt is empty.", "set trigger_word and prompt_template.")

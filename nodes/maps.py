@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .common import CATEGORY, MegaPortraitError, bchw_to_bhwc, bhwc_to_bchw, check_image, check_mask
+from .common import CATEGORY, MegaPortraitError, bchw_to_bhwc, bhwc_to_bchw, check_choice, check_image, check_mask
 
 FILTERS = ("gaussian", "box")
 SIGMA_MODES = ("relative to 512 px", "pixels")
@@ -235,10 +235,8 @@ def _checked(node: str, image, sigma, sigma_mode, filter_type, mask):
     if sigma > MAX_SIGMA:
         raise MegaPortraitError(node, f"sigma is {sigma}; the largest supported value is {MAX_SIGMA}.",
                                 "use a smaller sigma: beyond the image size the light map is already flat.")
-    if sigma_mode not in SIGMA_MODES:
-        raise MegaPortraitError(node, f"unknown sigma_mode {sigma_mode!r}.", f"use one of {list(SIGMA_MODES)}.")
-    if filter_type not in FILTERS:
-        raise MegaPortraitError(node, f"unknown filter_type {filter_type!r}.", f"use one of {list(FILTERS)}.")
+    check_choice(node, "sigma_mode", sigma_mode, SIGMA_MODES)
+    check_choice(node, "filter_type", filter_type, FILTERS)
     return image, mask
 
 
@@ -285,8 +283,7 @@ class HFMap:
         image, mask = _checked("HF Map", image, sigma, sigma_mode, filter_type, mask)
         if not math.isfinite(gain) or gain <= 0:
             raise MegaPortraitError("HF Map", f"gain is {gain}; it must be > 0.", "use a gain such as 1.0.")
-        if encoding not in ENCODINGS:
-            raise MegaPortraitError("HF Map", f"unknown encoding {encoding!r}.", f"use one of {list(ENCODINGS)}.")
+        check_choice("HF Map", "encoding", encoding, ENCODINGS)
         return hf_map(image, sigma, gain, encoding, mode=sigma_mode, filter_type=filter_type, mask=mask)
 
 

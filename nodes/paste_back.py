@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from .common import CATEGORY, MegaPortraitError, check_image, log
+from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log
 from .face_analysis import FaceAnalyzer
 from .face_crop import FACE_ELLIPSE, CropInfo, FaceCrop, compose, similarity, transform_points, warp
 
@@ -290,8 +290,7 @@ class PasteBackNode:
                                     "connect the Face Analysis Loader, or set align to none.")
         for name, val, allowed in (("align", align, ALIGN_MODES), ("mask_type", mask_type, MASK_TYPES),
                                    ("color_match", color_match, COLOR_MODES)):
-            if val not in allowed:
-                raise MegaPortraitError(node, f"unknown {name} {val!r}.", f"use one of {list(allowed)}.")
+            check_choice(node, name, val, allowed)
         img, mask, seam, notes = paste_back(node, reference, face_crop, face, face_analysis, align, mask_type, grow,
                                             feather, seam_width, color_match)
         for i, n in enumerate(notes):
