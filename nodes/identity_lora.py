@@ -495,6 +495,19 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
         if resume == "auto" and os.path.exists(resume_file):   # loaded here: tensors made in inference mode can't train
             resumed_sd, state = load_resume(node, resume_file, cfg, family, data_key)
             log.info("MegaPortrait: resuming %s at step %d", os.path.basename(resume_file), state.step)
+        # data: latents of the photos (and their mirror images), in the model's latent space, and the text condition;
+        # made before the trainable copy exists, so the encoders' peak memory and the copy's do not add up
+        with torch.no_grad():
+            pix = images[..., :3].detach().float().cpu()      # read only: no copy
+            lat = base_src.process_latent_in(vae.encode(pix).float().to(device))
+            if cfg.flip:
+                lat = torch.cat([lat, base_src.process_latent_in(vae.encode(pix.flip(2)).float().to(device))])
+            lat = lat.detach().clone()
+            tokens = clip.tokenize(prompt)
+            if not cfg.train_text_encoder:
+                cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+                cond = cond.detach().clone().to(device)
+                pooled = pooled.detach().clone().to(device) if pooled is not None else None
         mm.load_models_gpu([model])
         base = copy.deepcopy(base_src)            # private, trainable (non-inference) copy; the input is never touched
         te = None
@@ -529,18 +542,6 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
                 raise MegaPortraitError(node, f"the resume checkpoint does not fit this model ({e}).",
                                         "set resume to off or use another save_name.") from e
 
-        # data: latents of the photos (and their mirror images), in the model's latent space
-        with torch.no_grad():
-            pix = images[..., :3].detach().float().cpu().clone()
-            lat = base.process_latent_in(vae.encode(pix).float().to(device))
-            if cfg.flip:
-                lat = torch.cat([lat, base.process_latent_in(vae.encode(pix.flip(2)).float().to(device))])
-            lat = lat.detach().clone()
-            tokens = clip.tokenize(prompt)
-            if te is None:
-                cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-                cond = cond.detach().clone().to(device)
-                pooled = pooled.detach().clone().to(device) if pooled is not None else None
         h, w = int(pix.shape[1]), int(pix.shape[2])
         ms = base.model_sampling
         kind = loss_weight_kind(ms)
