@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 import torch
-from common import EXAMPLES, emit, machine, pack, timeit
+from common import EXAMPLES, emit, machine, pack, timeit, timeit_pair
 
 cv2.setNumThreads(1)
 
@@ -39,8 +39,8 @@ def main():
             detail = cv2.subtract(img, blur)
             return detail, cv2.addWeighted(detail, 0.5, detail, 0.0, 0.5)       # 0.5 + detail / 2
 
-        rows.append(row("light map", size, timeit(lambda: maps.light_map(t, 8.0)), timeit(ref_light)))
-        rows.append(row("HF map (+ signed detail)", size, timeit(lambda: maps.hf_map(t, 8.0)), timeit(ref_hf)))
+        rows.append(row("light map", size, *timeit_pair(lambda: maps.light_map(t, 8.0), ref_light)))
+        rows.append(row("HF map (+ signed detail)", size, *timeit_pair(lambda: maps.hf_map(t, 8.0), ref_hf)))
 
         # face crop: the warp (with the anti-aliasing blur when the face is shrunk) given the transform
         u8 = face_analysis.to_uint8_rgb(t[0])
@@ -65,7 +65,7 @@ def main():
                 mm = m.copy()
                 mm[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
             return np.clip(cv2.warpAffine(src, mm, (512, 512), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE), 0, 1)
-        rows.append(row("face-crop warp (512 crop)", size, timeit(ours_crop), timeit(ref_crop)))
+        rows.append(row("face-crop warp (512 crop)", size, *timeit_pair(ours_crop, ref_crop)))
 
         # paste-back: mask + seam + warp back + blend, no re-detection, no colour matching
         crops, fc = face_crop.face_crop("bench", fa, t, 512)
@@ -94,7 +94,7 @@ def main():
             seam_o = cv2.warpAffine(seam, inv, (w, h), flags=cv2.INTER_LINEAR)
             out = img * (1 - mask[..., None]) + np.clip(pasted, 0, 1) * mask[..., None]
             return out, mask, seam_o
-        rows.append(row("paste-back warp + masks + blend", size, timeit(ours_paste), timeit(ref_paste)))
+        rows.append(row("paste-back warp + masks + blend", size, *timeit_pair(ours_paste, ref_paste)))
 
         # whole nodes (with face analysis: detection, refined landmarks, re-detection), absolute times
         with torch.inference_mode():

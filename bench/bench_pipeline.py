@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from common import REPO, comfy, emit, machine, pack, timeit
+from common import REPO, comfy, emit, machine, pack, timeit_pair
 
 SIZE = 256        # face crop / working resolution
 STEPS = 10
@@ -90,8 +90,7 @@ def main():
     ours, stock = ours_prompt(), stock_prompt()
     h.run(ours)
     h.run(stock)                      # warm caches of both (models loaded, face models read)
-    t_ours = timeit(lambda: h.run(ours), repeat=5, warmup=0)
-    t_stock = timeit(lambda: h.run(stock), repeat=5, warmup=0)
+    t_ours, t_stock = timeit_pair(lambda: h.run(ours), lambda: h.run(stock), repeat=5, warmup=0)
     emit({"section": "pipeline", "machine": machine(),
           "rows": [{"op": f"MegaPortrait workflow with identity LoRA (crop {SIZE} px, {STEPS} steps per sampler, "
                           "tiny SD1.5-shaped models)", "ours_s": t_ours["min_s"], "stock_s": t_stock["min_s"],

@@ -49,6 +49,22 @@ def timeit(fn, repeat: int = 7, warmup: int = 1) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": repeat}
 
 
+def timeit_pair(ours, reference, repeat: int = 7, warmup: int = 1) -> tuple[dict, dict]:
+    """timeit() for two functions run alternately (A B B A ...), so that a burst of other work on a shared machine
+    hits both sides of a ratio instead of one."""
+    for _ in range(warmup):
+        ours()
+        reference()
+    times = ([], [])
+    fns = (ours, reference)
+    for i in range(repeat):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return tuple({"median_s": statistics.median(t), "min_s": min(t), "runs": repeat} for t in times)
+
+
 _h = None
 
 

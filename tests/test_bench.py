@@ -36,3 +36,12 @@ def test_markdown_tables_for_every_section():
     assert "| light map | 512 px | 10.0 ms | 20.0 ms | 0.50x |" in md
     assert "| dual | SD | 64x64 | 1.00 s | 2.00 s (two KSamplers) | 0.50x |" in md
     assert "2.00x" in md and "boom" in md
+
+
+def test_timeit_pair_alternates_and_reports_both():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import common
+    calls = []
+    a, b = common.timeit_pair(lambda: calls.append("a"), lambda: calls.append("b"), repeat=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert a["runs"] == b["runs"] == 3 and 0 <= a["min_s"] <= a["median_s"] and 0 <= b["min_s"] <= b["median_s"]
