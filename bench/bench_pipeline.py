@@ -1,7 +1,8 @@
 """Glue overhead: the shipped MegaPortrait workflow (with an identity LoRA; training is benchmarked separately)
 against a stock-node graph that runs the same sampler, ControlNet and VAE passes (KSampler x4, VAEEncode/Decode,
 ControlNetApplyAdvanced, SetLatentNoiseMask, image crop/scale/composite), in the real host ComfyUI, tiny models,
-CPU. The difference is what the pack adds: face analysis, alignment, maps, masks, colour matching."""
+CPU. The difference is what the pack adds: face analysis, alignment, maps, masks, colour matching. The workflow's
+previews of intermediate images are left out (stock nodes, which the stock graph does not have)."""
 from __future__ import annotations
 
 import json
@@ -25,9 +26,8 @@ def ours_prompt() -> dict:
             inp["steps"] = STEPS
         if ct == "MegaPortraitHarmonize":
             inp["working_resolution"] = SIZE
-        if ct in ("PreviewImage",):
-            n["class_type"], n["inputs"] = "SaveImage", {"images": inp["images"], "filename_prefix": "bench_preview"}
-    return p
+    # the workflow's previews of intermediate images are stock nodes the stock graph does not have: not glue
+    return {k: n for k, n in p.items() if n["class_type"] != "PreviewImage"}
 
 
 def stock_prompt() -> dict:
