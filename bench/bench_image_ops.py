@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 import torch
-from common import EXAMPLES, emit, machine, pack, timeit, timeit_pair
+from common import EXAMPLES, emit, machine, pack, ratio, timeit, timeit_pair
 
 cv2.setNumThreads(1)
 
@@ -110,7 +110,7 @@ def main():
 
 def row(op, size, ours, ref):
     return {"op": op, "size": size, "ours_s": ours["min_s"], "reference_s": ref["min_s"],
-            "ratio": ours["min_s"] / ref["min_s"]}
+            "ratio": ratio(ours, ref)}
 
 
 if __name__ == "__main__":

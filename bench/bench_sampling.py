@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import torch
-from common import comfy, emit, machine, pack, timeit_pair
+from common import comfy, emit, machine, pack, ratio, timeit_pair
 
 
 def main():
@@ -74,7 +74,7 @@ def main():
 
 def row(op, fam, size, ours, stock, stock_desc):
     return {"op": op, "model": fam, "size": size, "ours_s": ours["min_s"], "stock_s": stock["min_s"],
-            "ratio": ours["min_s"] / stock["min_s"], "stock": stock_desc}
+            "ratio": ratio(ours, stock), "stock": stock_desc}
 
 
 if __name__ == "__main__":

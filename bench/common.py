@@ -51,7 +51,8 @@ def timeit(fn, repeat: int = 7, warmup: int = 1) -> dict:
 
 def timeit_pair(ours, reference, repeat: int = 7, warmup: int = 1) -> tuple[dict, dict]:
     """timeit() for two functions run alternately (A B B A ...), so that a burst of other work on a shared machine
-    hits both sides of a ratio instead of one."""
+    hits both sides of a ratio instead of one. Each result also carries the run times ("times_s"); ratio() of the
+    two is the median of the ratios of neighbouring runs, which cancels the machine's drift between them."""
     for _ in range(warmup):
         ours()
         reference()
@@ -62,7 +63,15 @@ def timeit_pair(ours, reference, repeat: int = 7, warmup: int = 1) -> tuple[dict
             t0 = time.perf_counter()
             fns[k]()
             times[k].append(time.perf_counter() - t0)
-    return tuple({"median_s": statistics.median(t), "min_s": min(t), "runs": repeat} for t in times)
+    return tuple({"median_s": statistics.median(t), "min_s": min(t), "runs": repeat, "times_s": t} for t in times)
+
+
+def ratio(ours: dict, reference: dict) -> float:
+    """ours / reference: the median of the paired run ratios when both come from timeit_pair, else of the best times."""
+    a, b = ours.get("times_s"), reference.get("times_s")
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return ours["min_s"] / reference["min_s"]
 
 
 _h = None

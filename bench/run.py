@@ -49,9 +49,10 @@ def to_markdown(results: list, started: str) -> str:
                f"{mach.get('threads', '?')} thread(s)), torch {mach.get('torch', '?')}"
                + (f", GPU {mach['gpu']}" if mach.get("gpu") else ", no GPU") + f"; ComfyUI: {mach.get('comfyui', '?')}")
     out.append("")
-    out.append("Times are the best of 5-7 runs after a warm-up (2 for the harmonizer rows), ours and the reference run "
-               "alternately so that other work on the machine hits both; ratios are ours / reference. Trainer: both "
-               "loops in one process, best of 3 runs each (median step time); peak memory from one fresh process each.")
+    out.append("Times are the best of 5-7 runs after a warm-up (2 for the harmonizer rows); ours and the reference run "
+               "alternately, and a ratio is the median of ours / reference over neighbouring runs (robust to the drift of "
+               "a shared machine). Trainer: both loops in one process, best of 3 runs each (median step time); peak "
+               "memory from one fresh process each.")
     out.append("")
     for r in results:
         name = r["section"]

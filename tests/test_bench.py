@@ -45,3 +45,12 @@ def test_timeit_pair_alternates_and_reports_both():
     a, b = common.timeit_pair(lambda: calls.append("a"), lambda: calls.append("b"), repeat=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert a["runs"] == b["runs"] == 3 and 0 <= a["min_s"] <= a["median_s"] and 0 <= b["min_s"] <= b["median_s"]
+
+
+def test_ratio_is_the_median_of_paired_runs():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import common
+    ours = {"min_s": 1.0, "times_s": [1.0, 2.0, 4.0]}
+    ref = {"min_s": 1.0, "times_s": [2.0, 2.0, 2.0]}       # ratios 0.5, 1.0, 2.0
+    assert common.ratio(ours, ref) == 1.0
+    assert common.ratio({"min_s": 1.0}, {"min_s": 4.0}) == 0.25
