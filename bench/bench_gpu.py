@@ -15,7 +15,7 @@ import os
 import time
 
 import torch
-from common import REPO, emit, machine
+from common import REPO, emit, machine, size_workflow
 
 # the public SD1.5 / SDXL UNet architectures, as ComfyUI's model detection describes them
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -81,13 +81,7 @@ def pipeline_prompt(names: dict, size: int, steps: int) -> dict:
             inp["control_net_name"] = names["cn"]
         elif ct == "MegaPortraitLoadIdentityLora":
             inp["lora_name"] = names["lora"]
-        elif ct == "MegaPortraitFaceCrop":
-            inp["crop_size"] = size
-        elif ct in ("MegaPortraitDualStrengthIdentitySampler", "MegaPortraitShadingSampler", "MegaPortraitHarmonize"):
-            inp["steps"] = steps
-            if ct == "MegaPortraitHarmonize":
-                inp["working_resolution"] = size
-    return p
+    return size_workflow(p, size, steps)
 
 
 def main():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 
-from common import REPO, comfy, emit, machine, pack, ratio, timeit_pair
+from common import REPO, comfy, emit, machine, pack, ratio, size_workflow, timeit_pair
 
 SIZE = 256        # face crop / working resolution
 STEPS = 10
@@ -17,15 +17,7 @@ STEPS = 10
 def ours_prompt() -> dict:
     import runner
     with open(os.path.join(REPO, "workflows", "api", "megaportrait_with_lora.json")) as f:
-        p = runner.smoke_workflow(json.load(f))
-    for n in p.values():
-        ct, inp = n["class_type"], n["inputs"]
-        if ct == "MegaPortraitFaceCrop":
-            inp["crop_size"] = SIZE
-        if ct in ("MegaPortraitDualStrengthIdentitySampler", "MegaPortraitShadingSampler", "MegaPortraitHarmonize"):
-            inp["steps"] = STEPS
-        if ct == "MegaPortraitHarmonize":
-            inp["working_resolution"] = SIZE
+        p = size_workflow(runner.smoke_workflow(json.load(f)), SIZE, STEPS)
     # the workflow's previews of intermediate images are stock nodes the stock graph does not have: not glue
     return {k: n for k, n in p.items() if n["class_type"] != "PreviewImage"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import resource
@@ -33,6 +34,7 @@ def steps_per_s(stamps: list) -> float:
     return 1.0 / statistics.median(dts)
 
 
+@functools.cache      # read only: the speed run's rounds share one ComfyUI, model and photos
 def setup(resolution: int):
     from common import comfy, pack
     h = comfy()
@@ -99,23 +101,11 @@ def run_peft(steps: int, resolution: int, batch: int) -> dict:
 def run_speed(steps: int, resolution: int, batch: int, rounds: int = 3) -> dict:
     """Both loops in one process, interleaved, best of ``rounds`` each: separate processes differ by up to 30% on a
     shared machine (memory layout, neighbours), which would swamp a comparison of two equal loops."""
-    cache = {}
-    orig = globals()["setup"]
-
-    def cached_setup(res):
-        if res not in cache:
-            cache[res] = orig(res)
-        return cache[res]
-    globals()["setup"] = cached_setup
     best = {"ours": 0.0, "peft": 0.0}
-    try:
-        for r in range(rounds):
-            order = ("peft", "ours") if r % 2 == 0 else ("ours", "peft")
-            for variant in order:
-                fn = run_ours if variant == "ours" else run_peft
-                best[variant] = max(best[variant], fn(steps, resolution, batch)["steps_per_s"])
-    finally:
-        globals()["setup"] = orig
+    for r in range(rounds):
+        for variant in (("peft", "ours") if r % 2 == 0 else ("ours", "peft")):
+            fn = run_ours if variant == "ours" else run_peft
+            best[variant] = max(best[variant], fn(steps, resolution, batch)["steps_per_s"])
     return best
 
 

@@ -74,6 +74,19 @@ def ratio(ours: dict, reference: dict) -> float:
     return ours["min_s"] / reference["min_s"]
 
 
+def size_workflow(prompt: dict, size: int, steps: int) -> dict:
+    """Set an API workflow's face-crop / harmonizer working size and its three samplers' steps (in place)."""
+    for n in prompt.values():
+        ct, inp = n["class_type"], n["inputs"]
+        if ct == "MegaPortraitFaceCrop":
+            inp["crop_size"] = size
+        elif ct in ("MegaPortraitDualStrengthIdentitySampler", "MegaPortraitShadingSampler", "MegaPortraitHarmonize"):
+            inp["steps"] = steps
+            if ct == "MegaPortraitHarmonize":
+                inp["working_resolution"] = size
+    return prompt
+
+
 _h = None
 
 

@@ -54,3 +54,15 @@ def test_ratio_is_the_median_of_paired_runs():
     ref = {"min_s": 1.0, "times_s": [2.0, 2.0, 2.0]}       # ratios 0.5, 1.0, 2.0
     assert common.ratio(ours, ref) == 1.0
     assert common.ratio({"min_s": 1.0}, {"min_s": 4.0}) == 0.25
+
+
+def test_size_workflow_sets_sizes_and_steps_of_the_shipped_workflow():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import common
+    with open(os.path.join(REPO, "workflows", "api", "megaportrait_with_lora.json")) as f:
+        p = common.size_workflow(json.load(f), 320, 3)
+    got = {n["class_type"]: n["inputs"] for n in p.values()}
+    assert got["MegaPortraitFaceCrop"]["crop_size"] == 320
+    assert got["MegaPortraitHarmonize"]["working_resolution"] == 320
+    for ct in ("MegaPortraitDualStrengthIdentitySampler", "MegaPortraitShadingSampler", "MegaPortraitHarmonize"):
+        assert got[ct]["steps"] == 3

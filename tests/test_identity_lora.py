@@ -59,6 +59,21 @@ def lora_path(comfy, name):
     return comfy.folder_paths.get_full_path("loras", name)
 
 
+def training_graph(min_photos: int, **trainer) -> dict:
+    """API nodes 1-3: tiny checkpoint -> Load Source Photos (SRC at 64 px) -> Identity LoRA Trainer (rank 4, 64 px,
+    overwriting; ``trainer`` sets the rest of its inputs)."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "2": {"class_type": "MegaPortraitLoadSourcePhotos", "inputs": {"folder": SRC, "filenames": "", "resolution": 64,
+                                                                       "face_scale": 2.2, "min_photos": min_photos,
+                                                                       "seed": 0}},
+        "3": {"class_type": "MegaPortraitIdentityLoraTrainer", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "trigger_word": "sks",
+            "class_word": "person", "prompt_template": "photo of {trigger} {class}", "rank": 4, "alpha": 4.0,
+            "resolution": 64, "seed": 0, "if_exists": "overwrite", **trainer}},
+    }
+
+
 def sample(comfy, model, clip, vae, seed=1, text="photo of sks person"):
     n = comfy.nodes
     with torch.inference_mode():
@@ -85,17 +100,8 @@ def test_training_graph_and_stock_lora_loader(comfy, source_folder):
             f"{prefix}9": {"class_type": "SaveImage", "inputs": {"images": [f"{prefix}8", 0],
                                                                  "filename_prefix": f"lora_{prefix}"}},
         }
-    g = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "2": {"class_type": "MegaPortraitLoadSourcePhotos", "inputs": {"folder": SRC, "filenames": "", "resolution": 64,
-                                                                       "face_scale": 2.2, "min_photos": 4, "seed": 0}},
-        "3": {"class_type": "MegaPortraitIdentityLoraTrainer", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "trigger_word": "sks",
-            "class_word": "person", "prompt_template": "photo of {trigger} {class}", "steps": 20, "learning_rate": 1e-2,
-            "rank": 4, "alpha": 4.0, "batch_size": 2, "resolution": 64, "seed": 0, "save_name": "test/graph_id",
-            "if_exists": "overwrite"}},
-        "10": {"class_type": "SaveImage", "inputs": {"images": ["3", 3], "filename_prefix": "loss_curve"}},
-    }
+    g = training_graph(min_photos=4, steps=20, learning_rate=1e-2, batch_size=2, save_name="test/graph_id")
+    g["10"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 3], "filename_prefix": "loss_curve"}}
     g.update(sampler_nodes(["3", 0], ["3", 1], "t"))     # trained
     g.update(sampler_nodes(["1", 0], ["1", 1], "b"))     # base
     res = comfy.run(g)
@@ -301,17 +307,9 @@ def test_train_cancel_and_resume_via_server(server, models_dir):
     d = os.path.join(server.input_dir, SRC)
     os.makedirs(d, exist_ok=True)
     shutil.copy(os.path.join(EXAMPLES, "astronaut.png"), d)
-    g = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "2": {"class_type": "MegaPortraitLoadSourcePhotos", "inputs": {"folder": SRC, "filenames": "", "resolution": 64,
-                                                                       "face_scale": 2.2, "min_photos": 3, "seed": 0}},
-        "3": {"class_type": "MegaPortraitIdentityLoraTrainer", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "trigger_word": "sks",
-            "class_word": "person", "prompt_template": "photo of {trigger} {class}", "steps": 60, "learning_rate": 1e-3,
-            "rank": 4, "alpha": 4.0, "batch_size": 1, "resolution": 64, "seed": 0, "save_name": "srv/identity",
-            "if_exists": "overwrite", "checkpoint_every": 0}},
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 3], "filename_prefix": "srv_loss"}},
-    }
+    g = training_graph(min_photos=3, steps=60, learning_rate=1e-3, batch_size=1, save_name="srv/identity",
+                       checkpoint_every=0)
+    g["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 3], "filename_prefix": "srv_loss"}}
     sent = []
 
     def on_event(typ, data):
