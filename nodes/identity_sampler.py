@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from . import comfy_compat
 from .common import CATEGORY, MegaPortraitError, check_image
 from .sampling import Progress, apply_controlnet, check_controlnet, decode, encode, prepare_noise, sampling_inputs
 
@@ -29,14 +30,14 @@ LOCKSTEP_SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m")
 def ksampler_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: float) -> torch.Tensor:
     """Exactly the sigmas KSampler(steps, denoise) samples along."""
     import comfy.samplers
-    target = model if hasattr(model, "get_model_object") else model.model
-    ks = comfy.samplers.KSampler(target, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler,
+    ks = comfy.samplers.KSampler(comfy_compat.ksampler_model(model), steps=steps, device=model.load_device,
+                                 sampler=sampler_name, scheduler=scheduler,
                                  denoise=denoise, model_options=model.model_options)
     return ks.sigmas.detach().float().cpu()
 
 
 def _model_sampling(model):
-    return model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else model.model.model_sampling
+    return comfy_compat.model_object(model, "model_sampling")
 
 
 def _partial_controlnets(conditioning) -> bool:

@@ -7,10 +7,9 @@ previews and model management behave exactly as with KSampler.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
+from . import comfy_compat
 from .common import MegaPortraitError
 
 # samplers whose steps depend only on the current latent and sigmas (no history, no random noise): a run can be
@@ -48,9 +47,7 @@ def sampling_inputs(steps: int = 20, cfg: float = 5.0, sampler: str = "euler", s
 def schedule(model, sampler_name: str, scheduler: str, steps: int) -> torch.Tensor:
     """The sigmas KSampler would use for ``steps`` steps at denoise 1 (on the CPU)."""
     import comfy.samplers
-    # current ComfyUI's KSampler takes the ModelPatcher; the early-2024 one takes the inner BaseModel
-    target = model if hasattr(model, "get_model_object") else model.model
-    ks = comfy.samplers.KSampler(target, steps=steps, device=model.load_device, sampler=sampler_name,
+    ks = comfy.samplers.KSampler(comfy_compat.ksampler_model(model), steps=steps, device=model.load_device, sampler=sampler_name,
                                  scheduler=scheduler, denoise=1.0, model_options=model.model_options)
     return ks.sigmas.detach().float().cpu()
 
@@ -123,11 +120,7 @@ def decode(vae, samples: torch.Tensor) -> torch.Tensor:
 def apply_controlnet(positive, negative, control_net, image: torch.Tensor, strength: float, start: float, end: float,
                      vae=None):
     """The stock ControlNetApplyAdvanced (strength 0 returns the conditioning untouched)."""
-    import nodes as comfy_nodes
-    node = comfy_nodes.ControlNetApplyAdvanced()
-    if "vae" in inspect.signature(node.apply_controlnet).parameters:
-        return node.apply_controlnet(positive, negative, control_net, image, strength, start, end, vae=vae)
-    return node.apply_controlnet(positive, negative, control_net, image, strength, start, end)
+    return comfy_compat.apply_controlnet_advanced(positive, negative, control_net, image, strength, start, end, vae)
 
 
 def _context_dim_of_controlnet(control_net) -> int | None:

@@ -15,8 +15,14 @@ SRC = "mp_source"
 
 @pytest.fixture(scope="module")
 def il(pack):
-    from comfyui_megaportrait.nodes import identity_lora
-    return identity_lora
+    """The trainer's API across its modules (kohya files, pure training, ComfyUI glue, nodes)."""
+    import types
+
+    from comfyui_megaportrait.nodes import identity_lora, lora_comfy, lora_files, lora_training
+    ns = {}
+    for mod in (lora_files, lora_training, lora_comfy, identity_lora):
+        ns.update({k: v for k, v in vars(mod).items() if not k.startswith("__")})
+    return types.SimpleNamespace(**ns)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,7 @@ def loaders(comfy, name="tiny_sd15.safetensors"):
 def train(il, model, clip, vae, images, **kw):
     args = dict(trigger_word="sks", class_word="person", prompt_template="photo of {trigger} {class}", steps=12,
                 learning_rate=1e-3, rank=4, alpha=4.0, batch_size=2, resolution=64, seed=0, save_name="test/x",
-                if_exists="overwrite", checkpoint_every=0)
+                if_exists="overwrite", checkpoint_every=0, if_trained="train again")
     args.update(kw)
     with torch.inference_mode():
         out = il.IdentityLoraTrainer().train(model, clip, vae, images, **args)

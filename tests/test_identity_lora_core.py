@@ -8,8 +8,14 @@ import torch
 
 @pytest.fixture(scope="module")
 def il(pack):
-    from comfyui_megaportrait.nodes import identity_lora
-    return identity_lora
+    """The trainer's API across its modules (kohya files, pure training, ComfyUI glue, nodes)."""
+    import types
+
+    from comfyui_megaportrait.nodes import identity_lora, lora_comfy, lora_files, lora_training
+    ns = {}
+    for mod in (lora_files, lora_training, lora_comfy, identity_lora):
+        ns.update({k: v for k, v in vars(mod).items() if not k.startswith("__")})
+    return types.SimpleNamespace(**ns)
 
 
 class Block(torch.nn.Module):

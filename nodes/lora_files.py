@@ -1,0 +1,147 @@
+"""Identity LoRA files: kohya-format tensors on the family's original (LDM) keys, their metadata, safe names.
+
+A trained LoRA is ``lora_unet_<ldm key, '.' -> '_'>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` (and
+``lora_te[1|2]_...`` for text encoders): what the stock LoraLoader of every ComfyUI since 2023 and A1111 load.
+Files are written atomically and never overwrite anything unless the user asked. No ComfyUI import here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Callable, Iterable
+
+import torch
+
+from .common import MegaPortraitError
+
+ADAPTER = "megaportrait"           # the peft adapter name of the layers we train
+TRAIN_KEY = "megaportrait.train_key"
+
+
+# ------------------------------------------------------------------------------------- peft <-> kohya
+def lora_layers(module: torch.nn.Module):
+    """(name, layer) for every peft LoRA layer of our adapter in ``module``."""
+    from peft.tuners.lora import LoraLayer
+    for name, m in module.named_modules():
+        if isinstance(m, LoraLayer) and ADAPTER in m.lora_A:
+            yield name, m
+
+
+def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    ps = []
+    for _, m in lora_layers(module):
+        ps += [m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight]
+    return ps
+
+
+def kohya_key(prefix: str, module_name: str) -> str:
+    return f"{prefix}_{module_name.replace('.', '_')}"
+
+
+def export_kohya(module: torch.nn.Module, prefix: str, alpha: float, dtype=torch.float32,
+                 name_map: Callable[[str], str] = lambda n: n) -> dict:
+    """The module's LoRA as kohya tensors: <prefix>_<key>.lora_down.weight / .lora_up.weight / .alpha."""
+    out = {}
+    for name, m in lora_layers(module):
+        key = kohya_key(prefix, name_map(name))
+        out[key + ".lora_down.weight"] = m.lora_A[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
+        out[key + ".lora_up.weight"] = m.lora_B[ADAPTER].weight.detach().to("cpu", dtype).contiguous()
+        out[key + ".alpha"] = torch.tensor(float(alpha), dtype=dtype)
+    return out
+
+
+def import_kohya(module: torch.nn.Module, prefix: str, sd: dict, name_map: Callable[[str], str] = lambda n: n) -> int:
+    """Load kohya LoRA tensors back into the module's peft layers (for resuming). Returns layers loaded."""
+    n = 0
+    for name, m in lora_layers(module):
+        key = kohya_key(prefix, name_map(name))
+        down, up = sd.get(key + ".lora_down.weight"), sd.get(key + ".lora_up.weight")
+        if down is None or up is None:
+            raise KeyError(key)
+        a, b = m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight
+        if tuple(a.shape) != tuple(down.shape) or tuple(b.shape) != tuple(up.shape):
+            raise ValueError(f"{key}: checkpoint shapes {tuple(down.shape)}/{tuple(up.shape)} "
+                             f"!= {tuple(a.shape)}/{tuple(b.shape)}")
+        with torch.no_grad():
+            a.copy_(down)
+            b.copy_(up)
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------- names and files
+_NAME_RE = re.compile(r"^[A-Za-z0-9_\-. /]+$")
+
+
+def resolve_save_path(node: str, loras_dir: str, save_name: str, if_exists: str) -> tuple[str, str]:
+    """(absolute path, name relative to loras_dir) for ``save_name``; never outside loras_dir, never
+    overwriting unless ``if_exists`` says so."""
+    name = (save_name or "").strip().replace("\\", "/")
+    if name.endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    bad = (not name or name.startswith("/") or re.match(r"^[A-Za-z]:", name) or not _NAME_RE.match(name)
+           or any(part in ("", ".", "..") or part.startswith(".") for part in name.split("/")))
+    if bad:
+        raise MegaPortraitError(node, f"save name {save_name!r} is not allowed.",
+                                "use letters, digits, '_', '-', '.', spaces and '/' for subfolders of models/loras "
+                                "(no absolute paths, no '..', no hidden names), e.g. 'megaportrait/alice'.")
+    root = os.path.realpath(loras_dir)
+    path = os.path.realpath(os.path.join(root, name + ".safetensors"))
+    if os.path.commonpath([path, root]) != root:
+        raise MegaPortraitError(node, f"save name {save_name!r} points outside models/loras.", "use a plain name.")
+    if os.path.exists(path):
+        if if_exists == "error":
+            raise MegaPortraitError(node, f"{name}.safetensors already exists in {root}.",
+                                    "choose another save_name, set if_exists to 'increment name' or 'overwrite', or load "
+                                    "it with 'Load Identity LoRA' to skip training.")
+        if if_exists == "increment name":
+            i = 1
+            while os.path.exists(os.path.join(root, f"{name}_{i:05d}.safetensors")):
+                i += 1
+            name = f"{name}_{i:05d}"
+            path = os.path.join(root, name + ".safetensors")
+    return path, name + ".safetensors"
+
+
+def atomic_save(tensors: dict, path: str, metadata: dict) -> None:
+    """Write a safetensors file through a temporary file in the same folder, then rename (no half files)."""
+    import safetensors.torch as st
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        st.save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={k: str(v) for k, v in metadata.items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_lora_metadata(path: str) -> dict:
+    """The safetensors header metadata (reads the header only)."""
+    import safetensors
+    with safetensors.safe_open(path, "pt") as f:
+        return dict(f.metadata() or {})
+
+
+def find_trained(candidates: Iterable[tuple[str, str]], train_key: str) -> tuple[str, str, dict] | None:
+    """The first (name, path, metadata) among ``candidates`` ((name, path) pairs) whose metadata carries
+    ``train_key``: a LoRA trained earlier from the same photos, base model and settings. Unreadable files are
+    skipped (they are not ours to judge here)."""
+    for name, path in candidates:
+        if not path.endswith(".safetensors") or not os.path.isfile(path):
+            continue
+        try:
+            meta = read_lora_metadata(path)
+        except Exception:
+            continue
+        if meta.get(TRAIN_KEY) == train_key:
+            return name, path, meta
+    return None
+
+
+def losses_from_metadata(meta: dict) -> list[float]:
+    try:
+        return [float(v) for v in json.loads(meta.get("megaportrait.losses", "[]"))]
+    except (TypeError, ValueError):
+        return []

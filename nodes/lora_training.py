@@ -1,0 +1,359 @@
+"""Identity LoRA training, the pure torch part (no ComfyUI import): the private twin of a frozen network,
+peft LoRA layers on it, the loss in the model's own parameterisation, the training loop and its resume files.
+
+The loop is deterministic: every random number (batch, noise, sigma) comes from one CPU generator whose state,
+with the optimizer's and the GradScaler's, is part of the resume checkpoint, so an interrupted run that is
+resumed follows the uninterrupted run's loss trajectory exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .common import MegaPortraitError, log, require
+from .lora_files import ADAPTER, atomic_save, lora_parameters
+
+UNET_TARGETS = {
+    "attention": r".*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)",
+    "attention + feed-forward": r".*(\.attn[12]\.(to_q|to_k|to_v|to_out\.0)|\.ff\.net\.0\.proj|\.ff\.net\.2)",
+}
+TE_TARGETS = r".*self_attn\.(q_proj|k_proj|v_proj|out_proj)"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FORMAT_VERSION = "2"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines the result of a training run (hashed to match resume checkpoints)."""
+    steps: int = 800
+    learning_rate: float = 1e-4
+    text_learning_rate: float = 5e-5
+    rank: int = 8
+    alpha: float = 8.0
+    batch_size: int = 1
+    resolution: int = 512
+    seed: int = 0
+    train_text_encoder: bool = False
+    flip: bool = True
+    target: str = "attention"
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------------- the private twin
+def _alias(t: torch.Tensor | None, parameter: bool):
+    """A frozen tensor sharing ``t``'s memory. Weights loaded inside ComfyUI's executor are inference tensors,
+    which autograd may not save for backward; a normal tensor set onto the same storage may be (no copy)."""
+    if t is None:
+        return None
+    a = t.detach()
+    if a.is_inference():
+        b = torch.empty(0, dtype=t.dtype, device=t.device)
+        b.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+        a = b
+    return torch.nn.Parameter(a, requires_grad=False) if parameter else a
+
+
+def shadow_module(module: torch.nn.Module) -> torch.nn.Module:
+    """A private twin of ``module``: new Module objects of the same classes that share every plain attribute and
+    whose parameters and buffers are frozen aliases of the same memory. No tensor is copied and nothing of
+    ``module`` changes; adapters, wrappers and hooks added to the twin stay in the twin."""
+    memo: dict[int, torch.nn.Module] = {}
+
+    def twin(m: torch.nn.Module) -> torch.nn.Module:
+        if id(m) in memo:
+            return memo[id(m)]
+        t = object.__new__(type(m))
+        d = dict(m.__dict__)
+        d["_parameters"] = OrderedDict((k, _alias(v, True)) for k, v in m._parameters.items())
+        d["_buffers"] = OrderedDict((k, _alias(v, False)) for k, v in m._buffers.items())
+        for k, v in m.__dict__.items():              # hook tables: our own, so hooks on the twin stay private
+            if "hook" in k and isinstance(v, dict):
+                d[k] = type(v)(v)
+        d["_modules"] = OrderedDict()
+        t.__dict__.update(d)
+        memo[id(m)] = t
+        for k, v in m._modules.items():
+            t._modules[k] = twin(v) if v is not None else None
+        return t
+    return twin(module)
+
+
+class _CloneIn(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.clone())
+
+
+def clone_norm_inputs(module: torch.nn.Module, norms: dict[str, tuple[str, ...]]) -> int:
+    """Blocks that add residuals in place (``x += f(norm(x))``) after a norm saved x for backward break autograd.
+    In a twin, the norms named in ``norms`` ({block class name: norm attributes}) get a clone of their input."""
+    n = 0
+    for m in list(module.modules()):
+        for attr in norms.get(type(m).__name__, ()):
+            sub = m._modules.get(attr)
+            if isinstance(sub, torch.nn.Module) and not isinstance(sub, _CloneIn):
+                m._modules[attr] = _CloneIn(sub)
+                n += 1
+    return n
+
+
+def enable_checkpointing(module: torch.nn.Module) -> int:
+    """Gradient checkpointing on a twin's transformer and residual blocks (recompute in backward)."""
+    from torch.utils.checkpoint import checkpoint
+    n = 0
+    for m in module.modules():
+        if type(m).__name__ in ("BasicTransformerBlock", "ResBlock") and not m.__dict__.get("_mp_ckpt", False):
+            orig = m.forward
+
+            def fwd(*args, _orig=orig, **kwargs):
+                return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
+            m.forward = fwd
+            m._mp_ckpt = True
+            n += 1
+    return n
+
+
+def inject_lora(module: torch.nn.Module, pattern: str, rank: int, alpha: float, seed: int) -> list[str]:
+    """Add peft LoRA layers (adapter ``megaportrait``) to every Linear whose full name matches ``pattern``.
+
+    A-matrices are initialised from ``seed`` (kaiming-uniform), B-matrices with zeros, so the adapted module
+    starts out equal to the original. Returns the adapted module names. Only the LoRA weights (fp32) train."""
+    peft = require("peft", "Identity LoRA Trainer", "peft", "identity LoRA training")
+    names = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and re.fullmatch(pattern, n)]
+    if not names:
+        raise ValueError(f"no Linear layer matches {pattern!r}")
+    module.requires_grad_(False)
+    cfg = peft.LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=names, lora_dropout=0.0, bias="none",
+                          init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        peft.inject_adapter_in_model(cfg, module, adapter_name=ADAPTER)
+    for p in lora_parameters(module):
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return names
+
+
+# -------------------------------------------------------------------------------- precision, loss
+def training_precision(device: torch.device, requested: str, model_dtype: torch.dtype,
+                       bf16_supported: bool) -> tuple[torch.dtype, bool]:
+    """(compute dtype, use a GradScaler). The CPU trains in fp32. On a GPU: fp32 = fp32 compute (the frozen
+    weights are upcast layer by layer, no copy); bf16 = bf16 autocast; fp16 = fp16 autocast with loss scaling;
+    auto = the dtype the model is loaded in (fp32 models: bf16 where supported, else fp16)."""
+    if device.type != "cuda" or requested == "fp32":
+        return torch.float32, False
+    if requested == "auto":
+        if model_dtype == torch.float16:
+            requested = "fp16"
+        else:
+            requested = "bf16" if bf16_supported else "fp16"
+    if requested == "bf16" and not bf16_supported:
+        log.warning("MegaPortrait: this GPU has no bf16; training in fp16 with loss scaling")
+        requested = "fp16"
+    return (torch.bfloat16, False) if requested == "bf16" else (torch.float16, True)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if device.type != "cuda" or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def native_loss(denoised: torch.Tensor, latent: torch.Tensor, sigma: torch.Tensor, kind: str,
+                sigma_data: float = 1.0) -> torch.Tensor:
+    """MSE in the model's native target space, computed from its x0 prediction.
+
+    eps: ((x0 - x0_hat) / sigma)^2 == (eps_hat - eps)^2;  v: the same times (sigma^2 + sd^2) / sd^2."""
+    s = sigma.view(-1, *([1] * (latent.ndim - 1))).float()
+    w = 1.0 / s ** 2
+    if kind == "v":
+        w = w * (s ** 2 + sigma_data ** 2) / sigma_data ** 2
+    return (w * (denoised.float() - latent.float()) ** 2).mean()
+
+
+# -------------------------------------------------------------------------------- the loop
+@dataclass
+class TrainState:
+    step: int = 0
+    losses: list = field(default_factory=list)
+    generator_state: torch.Tensor | None = None
+    optimizer_state: dict | None = None
+    scaler_state: dict | None = None
+
+
+def optimizer_to_tensors(opt_state: dict) -> tuple[dict, str]:
+    """Flatten ``optimizer.state_dict()`` into tensors + JSON (safetensors holds no pickles)."""
+    tensors, meta = {}, {"param_groups": opt_state["param_groups"], "state": {}}
+    for pid, st in opt_state["state"].items():
+        meta["state"][str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+                meta["state"][str(pid)][k] = "tensor"
+            else:
+                meta["state"][str(pid)][k] = v
+    return tensors, json.dumps(meta)
+
+
+def optimizer_from_tensors(tensors: dict, meta_json: str) -> dict:
+    meta = json.loads(meta_json)
+    state = {}
+    for pid, st in meta["state"].items():
+        state[int(pid)] = {k: (tensors[f"optim.{pid}.{k}"] if v == "tensor" else v) for k, v in st.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def train_loop(loss_fn: Callable[[torch.Generator], torch.Tensor], param_groups: list, cfg: TrainConfig,
+               state: TrainState, *, device: torch.device, on_step: Callable[[int, float], None] = lambda s, l: None,
+               check_interrupt: Callable[[], None] = lambda: None, checkpoint: Callable[[TrainState], None] = lambda s: None,
+               checkpoint_every: int = 0, scaler=None) -> TrainState:
+    """AdamW over ``param_groups`` for ``cfg.steps`` steps starting at ``state.step``.
+
+    ``loss_fn(generator)`` draws its random numbers (batch, noise, sigmas) from the CPU generator whose state is
+    part of ``state``, so a run resumed from a checkpoint repeats the uninterrupted run exactly. ``scaler`` (a
+    ``torch.amp.GradScaler``) scales the loss for fp16; its state is restored from and saved to ``state`` too.
+    An exception from ``check_interrupt`` leaves ``state`` at the last completed step (for the caller to save)."""
+    opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+    if state.optimizer_state is not None:
+        opt.load_state_dict(state.optimizer_state)
+    if scaler is not None and state.scaler_state:
+        scaler.load_state_dict(state.scaler_state)
+    gen = torch.Generator()
+    if state.generator_state is not None:
+        gen.set_state(state.generator_state)
+    else:
+        gen.manual_seed(int(cfg.seed) + 1)
+    params = [p for g in param_groups for p in g["params"]]
+
+    def snapshot():           # optimizer, scaler and generator state are copied only when a checkpoint needs them
+        state.generator_state = gen.get_state()
+        state.optimizer_state = opt.state_dict()
+        state.scaler_state = dict(scaler.state_dict()) if scaler is not None else None
+    try:
+        while state.step < cfg.steps:
+            check_interrupt()
+            gen_before = gen.get_state()
+            loss = loss_fn(gen)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                gen.set_state(gen_before)
+                raise NonFiniteLoss(f"the loss became {loss_value} at step {state.step + 1}")
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            state.step += 1
+            state.losses.append(loss_value)
+            on_step(state.step, loss_value)
+            if checkpoint_every and state.step % checkpoint_every == 0 and state.step < cfg.steps:
+                snapshot()
+                checkpoint(state)
+    finally:
+        snapshot()            # the state of the last completed step, also when interrupted
+    return state
+
+
+# -------------------------------------------------------------------------------- resume files
+def save_resume(path: str, lora_sd: dict, state: TrainState, cfg: TrainConfig, family: dict, data_key: str) -> None:
+    """LoRA, optimizer, GradScaler and generator state and the loss history in one safetensors file."""
+    opt_tensors, opt_meta = optimizer_to_tensors(state.optimizer_state or {"state": {}, "param_groups": []})
+    tensors = {f"lora.{k}": v for k, v in lora_sd.items()}
+    tensors.update(opt_tensors)
+    gen = state.generator_state
+    tensors["rng.generator"] = gen.clone() if gen is not None else torch.zeros(0, dtype=torch.uint8)
+    tensors["losses"] = torch.tensor(state.losses, dtype=torch.float64)
+    meta = {"format": "megaportrait-resume", "version": FORMAT_VERSION, "step": state.step, "config": json.dumps(asdict(cfg)),
+            "config_key": cfg.key(), "family": json.dumps(family), "data_key": data_key, "optimizer": opt_meta,
+            "grad_scaler": json.dumps(state.scaler_state or {})}
+    atomic_save(tensors, path, meta)
+
+
+def load_resume(node: str, path: str, cfg: TrainConfig, family: dict, data_key: str) -> tuple[dict, TrainState]:
+    import safetensors
+    import safetensors.torch as st
+    try:
+        with safetensors.safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise MegaPortraitError(node, f"the resume checkpoint {os.path.basename(path)} cannot be read ({e}).",
+                                "delete it or set resume to off.") from e
+    if meta.get("format") != "megaportrait-resume":
+        raise MegaPortraitError(node, f"{path} is not a MegaPortrait resume checkpoint.", "delete it or set resume to off.")
+    fam = json.loads(meta.get("family", "{}"))
+    if fam.get("family") != family["family"] or fam.get("context_dim") != family["context_dim"]:
+        raise MegaPortraitError(node, f"the resume checkpoint {os.path.basename(path)} was trained on a {fam.get('family')} "
+                                      f"model but this MODEL is {family['family']}.",
+                                "connect the checkpoint it was trained on, use another save_name, or set resume to off "
+                                "(the old checkpoint is then replaced).")
+    old = json.loads(meta.get("config", "{}"))
+    diffs = [k for k, v in asdict(cfg).items() if old.get(k) != v]
+    if diffs or meta.get("data_key") != data_key:
+        what = ", ".join(diffs + (["the photos"] if meta.get("data_key") != data_key else []))
+        raise MegaPortraitError(node, f"an interrupted run left {os.path.basename(path)} but its settings differ ({what}).",
+                                "restore those settings to continue it, or set resume to off to start over.")
+    tensors = st.load_file(path)
+    lora_sd = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+    state = TrainState(step=int(meta["step"]), losses=tensors["losses"].tolist(),
+                       generator_state=tensors["rng.generator"] if tensors["rng.generator"].numel() else None,
+                       optimizer_state=optimizer_from_tensors(tensors, meta["optimizer"]),
+                       scaler_state=json.loads(meta.get("grad_scaler", "{}")) or None)
+    return lora_sd, state
+
+
+def loss_curve_image(losses: list, width: int = 512, height: int = 256, title: str = "identity LoRA loss") -> torch.Tensor:
+    """A plot of the loss (raw and smoothed) as an IMAGE [1, H, W, 3], drawn with OpenCV."""
+    import cv2
+    img = np.full((height, width, 3), 255, np.uint8)
+    l, r, t, b = 48, 12, 28, 28
+    cv2.rectangle(img, (l, t), (width - r, height - b), (200, 200, 200), 1)
+    vals = np.asarray(losses, dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if vals.size:
+        lo, hi = float(vals.min()), float(np.percentile(vals, 98))
+        hi = hi if hi > lo else lo + 1e-6
+        xs = np.linspace(l, width - r, num=max(vals.size, 2))[: vals.size]
+
+        def ys(v):
+            return (height - b) - (np.clip(v, lo, hi) - lo) / (hi - lo) * (height - b - t)
+        pts = np.stack([xs, ys(vals)], 1).round().astype(np.int32)
+        cv2.polylines(img, [pts], False, (170, 200, 240), 1, cv2.LINE_AA)
+        k = max(1, vals.size // 20)
+        smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
+        sx = xs[k - 1:] if smooth.size == xs[k - 1:].size else np.linspace(l, width - r, smooth.size)
+        cv2.polylines(img, [np.stack([sx, ys(smooth)], 1).round().astype(np.int32)], False, (200, 60, 20), 2, cv2.LINE_AA)
+        cv2.putText(img, f"{hi:.3g}", (2, t + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{lo:.3g}", (2, height - b), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        last = f"step {vals.size}  loss {smooth[-1]:.4f} (avg)"
+        cv2.putText(img, last, (l, height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, title, (l, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return torch.from_numpy(img.astype(np.float32) / 255.0)[None]
