@@ -96,7 +96,8 @@ def main():
     from common import comfy, pack
     h = comfy()
     pack()
-    from comfyui_megaportrait.nodes import identity_lora as il
+    from comfyui_megaportrait.nodes import lora_comfy as lc
+    from comfyui_megaportrait.nodes import lora_training as lt
     from comfyui_megaportrait.nodes import identity_sampler
 
     import nodes
@@ -160,12 +161,12 @@ def main():
             f"{time.perf_counter() - t0:.1f} s, peak VRAM {peak_gb()}")
         # trainer
         tsteps = 3 if dry else 40
-        cfg = il.TrainConfig(steps=tsteps, learning_rate=1e-4, rank=8, alpha=8, batch_size=1, resolution=size, flip=False)
+        cfg = lt.TrainConfig(steps=tsteps, learning_rate=1e-4, rank=8, alpha=8, batch_size=1, resolution=size, flip=False)
         photos = torch.rand(4, size, size, 3)
         stamps = []
         peak_reset()
         with torch.inference_mode():
-            il.train_identity_lora("bench", m, c, v, photos, "photo of sks person", cfg,
+            lc.train_identity_lora("bench", m, c, v, photos, "photo of sks person", cfg,
                                    os.path.join(models, "loras", f"bench_{fam}.safetensors"), resume="off",
                                    checkpoint_every=0, gradient_checkpointing=(fam == "sdxl"),
                                    on_progress=lambda s, l, ls: stamps.append(time.perf_counter()))

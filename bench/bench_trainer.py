@@ -48,14 +48,15 @@ def setup(resolution: int):
 
 def run_ours(steps: int, resolution: int, batch: int) -> dict:
     m, c, v, photos = setup(resolution)
-    from comfyui_megaportrait.nodes import identity_lora as il
+    from comfyui_megaportrait.nodes import lora_comfy as lc
+    from comfyui_megaportrait.nodes import lora_training as lt
     base_rss = rss_mb()
     stamps = []
-    cfg = il.TrainConfig(steps=steps, learning_rate=1e-4, rank=8, alpha=8, batch_size=batch, resolution=resolution,
+    cfg = lt.TrainConfig(steps=steps, learning_rate=1e-4, rank=8, alpha=8, batch_size=batch, resolution=resolution,
                          flip=False)
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mp-bench-{os.getpid()}.safetensors")
     with torch.inference_mode():
-        il.train_identity_lora("bench", m, c, v, photos, "photo of sks person", cfg, path, resume="off",
+        lc.train_identity_lora("bench", m, c, v, photos, "photo of sks person", cfg, path, resume="off",
                                checkpoint_every=0, on_progress=lambda s, l, ls: stamps.append(time.perf_counter()))
     return {"steps_per_s": steps_per_s(stamps), "rss_base_mb": base_rss,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -64,14 +65,15 @@ def run_ours(steps: int, resolution: int, batch: int) -> dict:
 def run_peft(steps: int, resolution: int, batch: int) -> dict:
     """The textbook loop: UNet copy + peft LoRA, DDPM noise at uniform timesteps, epsilon MSE, AdamW."""
     m, c, v, photos = setup(resolution)
-    from comfyui_megaportrait.nodes import identity_lora as il
+    from comfyui_megaportrait.nodes import comfy_compat
+    from comfyui_megaportrait.nodes import lora_training as lt
     base_rss = rss_mb()
     with torch.inference_mode(False), torch.enable_grad():
-        unet = copy.deepcopy(m.model.diffusion_model)
-        il._clone_norm_inputs(unet)        # this ComfyUI's in-place residuals need it for any backward pass
+        unet = copy.deepcopy(m.model.diffusion_model)     # the textbook way: a trainable copy of the UNet
+        lt.clone_norm_inputs(unet, comfy_compat.residual_inplace_norms())   # in-place residuals (CLIP, early 2024)
         unet.requires_grad_(False)
-        il.inject_lora(unet, il.UNET_TARGETS["attention"], 8, 8, 0)
-        params = il.lora_parameters(unet)
+        lt.inject_lora(unet, lt.UNET_TARGETS["attention"], 8, 8, 0)
+        params = lt.lora_parameters(unet)
         opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
         with torch.no_grad():
             lat = (v.encode(photos) * 0.18215).detach().clone()

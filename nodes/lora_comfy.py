@@ -164,12 +164,12 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
         if resume == "auto" and os.path.exists(resume_file):   # loaded here: tensors made in inference mode can't train
             resumed_sd, state = lt.load_resume(node, resume_file, cfg, family, dkey)
             log.info("MegaPortrait: resuming %s at step %d", os.path.basename(resume_file), state.step)
-        src = model.model
+        latent_format = compat.model_object(model, "latent_format")    # (object patches included)
         with torch.no_grad():      # 1. data: latents of the photos (and mirror images) and the text condition
             pix = images[..., :3].detach().float().cpu()
-            lat = src.process_latent_in(vae.encode(pix).float().to(device))
+            lat = latent_format.process_in(vae.encode(pix).float().to(device))
             if cfg.flip:
-                lat = torch.cat([lat, src.process_latent_in(vae.encode(pix.flip(2)).float().to(device))])
+                lat = torch.cat([lat, latent_format.process_in(vae.encode(pix.flip(2)).float().to(device))])
             lat = lat.detach().clone()
             tokens = clip.tokenize(prompt)
             if not cfg.train_text_encoder:

@@ -257,6 +257,86 @@ def test_sdxl_trains_unet_and_both_text_encoders(comfy, il, photos):
     assert not torch.equal(sample(comfy, tm, tc, v), before)
 
 
+def test_train_once_reuses_the_same_training(comfy, il, photos):
+    """Same photos, model, prompt and settings: the LoRA trained earlier is found by the key in its metadata and
+    reused (whatever its file name); another seed, an upstream LoRA on the model or 'train again' trains."""
+    m, c, v = loaders(comfy)
+    (tm, tc, name, _), ui = train(il, m, c, v, photos, steps=6, save_name="test/once", if_trained="reuse")
+    assert name == "test/once.safetensors" and ui["text"][0].startswith("saved")
+    path = lora_path(comfy, name)
+    with safetensors.safe_open(path, "pt") as f:
+        key = f.metadata()[il.TRAIN_KEY]
+    assert len(key) == 32
+    stamp = os.stat(path).st_mtime_ns
+    (rm, rc, rname, curve), ui = train(il, m, c, v, photos, steps=6, save_name="test/once_again", if_trained="reuse")
+    assert rname == "test/once.safetensors" and ui["text"][0].startswith("reused test/once.safetensors")
+    assert lora_path(comfy, "test/once_again.safetensors") is None and os.stat(path).st_mtime_ns == stamp
+    assert torch.equal(sample(comfy, rm, rc, v), sample(comfy, tm, tc, v))
+    assert curve.shape == (1, 256, 512, 3) and curve.min() < 0.5          # the stored loss history is drawn
+    (_, _, n2, _), ui = train(il, m, c, v, photos, steps=6, seed=1, save_name="test/once_seed1", if_trained="reuse")
+    assert n2 == "test/once_seed1.safetensors" and ui["text"][0].startswith("saved")
+    with torch.inference_mode():                                   # the same checkpoint with a LoRA applied upstream
+        pm, pc = comfy.nodes.LoraLoader().load_lora(m, c, "test/once_seed1.safetensors", 0.5, 0.5)
+    (_, _, n3, _), ui = train(il, pm, pc, v, photos, steps=6, save_name="test/once_patched", if_trained="reuse")
+    assert n3 == "test/once_patched.safetensors" and ui["text"][0].startswith("saved")
+    (_, _, n4, _), ui = train(il, m, c, v, photos, steps=6, save_name="test/once_forced", if_trained="train again")
+    assert n4 == "test/once_forced.safetensors" and ui["text"][0].startswith("saved")
+
+
+def test_train_once_in_graphs_and_after_a_restart(comfy, source_folder):
+    """The in-process harness runs every prompt with a new executor (no cache), as after a ComfyUI restart: the
+    second run of the same training graph trains nothing and says so."""
+    g = training_graph(min_photos=3, steps=5, learning_rate=1e-3, batch_size=1, save_name="test/graph_once")
+    g["3"]["inputs"]["if_trained"] = "reuse"
+    g["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 3], "filename_prefix": "once_loss"}}
+    first = comfy.run(g)
+    assert first.outputs["3"]["text"][0].startswith("saved test/graph_once.safetensors")
+    path = lora_path(comfy, "test/graph_once.safetensors")
+    stamp = os.stat(path).st_mtime_ns
+    again = comfy.run(g)
+    assert again.outputs["3"]["text"][0].startswith("reused test/graph_once.safetensors")
+    assert os.stat(path).st_mtime_ns == stamp
+    g["3"]["inputs"]["if_trained"] = "train again"
+    assert comfy.run(g).outputs["3"]["text"][0].startswith("saved test/graph_once.safetensors")
+
+
+@pytest.mark.parametrize("sampling", ["v_prediction", "eps"])
+def test_edm_sampled_model_trains(comfy, il, photos, sampling):
+    """A continuous-sigma (EDM) model: sigmas come from its own model_sampling (the DDPM timestep range would give
+    sigma = inf there), the loss stays finite and falls."""
+    from comfyui_megaportrait.nodes import comfy_compat
+    m, c, v = loaders(comfy)
+    with torch.inference_mode():
+        me = comfy.nodes.NODE_CLASS_MAPPINGS["ModelSamplingContinuousEDM"]().patch(m, sampling, 120.0, 0.002)[0]
+    ms = comfy_compat.model_object(me, "model_sampling")
+    assert il.sampling_kind(ms) == "continuous" and il.loss_kind(ms) == ("v" if sampling == "v_prediction" else "eps")
+    assert not torch.isfinite(ms.sigma(torch.tensor([999.0]))).all()      # what the old DDPM-timestep draw hit
+    sig = il.draw_sigmas(ms, 2000, torch.Generator().manual_seed(0))
+    assert torch.isfinite(sig).all() and sig.min() >= 0.002 and sig.max() <= 120.0
+    assert (sig < 1).float().mean() > 0.3 and (sig > 10).float().mean() > 0.1   # log-uniform over the range
+    cfg = il.TrainConfig(steps=150, learning_rate=1e-2, rank=8, alpha=8, batch_size=4, resolution=64)
+    with torch.inference_mode():
+        _, state, meta = il.train_identity_lora("T", me, c, v, photos, "photo of sks person", cfg,
+                                                os.path.join(comfy.models_dir, "loras", "test", f"edm_{sampling}.safetensors"),
+                                                resume="off", checkpoint_every=0)
+    L = np.array(state.losses)
+    assert len(L) == 150 and np.isfinite(L).all()
+    assert L[-50:].mean() < L[:50].mean(), (L[:50].mean(), L[-50:].mean())
+
+
+def test_flow_models_are_refused(comfy, il, photos):
+    from comfyui_megaportrait.nodes.common import MegaPortraitError
+    patch = comfy.nodes.NODE_CLASS_MAPPINGS.get("ModelSamplingSD3")
+    if patch is None:
+        pytest.skip("this ComfyUI (early 2024) has no flow-matching model sampling")
+    m, c, v = loaders(comfy)
+    with torch.inference_mode():
+        mf = patch().patch(m, 3.0)[0]
+    with pytest.raises(MegaPortraitError, match="flow-matching model .* does not support yet"):
+        train(il, mf, c, v, photos, steps=2, save_name="test/flow")
+    assert lora_path(comfy, "test/flow.safetensors") is None
+
+
 def test_load_identity_lora_node(comfy, il, photos):
     m, c, v = loaders(comfy)
     train(il, m, c, v, photos, save_name="test/loadme", steps=4)

@@ -175,6 +175,93 @@ def test_interrupt_checkpoint_resume_matches_uninterrupted(il, tmp_path):
         il.load_resume("Trainer", path, cfg, {"family": "SDXL", "context_dim": 2048}, "data")
 
 
+def _scaler():
+    # a huge initial scale overflows the first steps (skipped, scale backed off), a short growth interval grows it
+    # again: the scaler's state changes all through the run, so a resume that lost it would diverge
+    return torch.amp.GradScaler("cpu", init_scale=2.0 ** 118, growth_interval=3)
+
+
+def test_scaled_run_resume_matches_uninterrupted(il, tmp_path):
+    """fp16-style loss scaling: the GradScaler's state is saved in the resume checkpoint and restored from it."""
+    cfg = il.TrainConfig(steps=40, seed=0, learning_rate=1e-2)
+    ref_m, ref_g, ref_f = _toy_problem(il)
+    ref_scaler = _scaler()
+    ref = il.train_loop(ref_f, ref_g, cfg, il.TrainState(), device=torch.device("cpu"), scaler=ref_scaler)
+    assert ref_scaler.get_scale() != 2.0 ** 118                      # the scale did move
+    assert sum(ref.losses[-5:]) < sum(ref.losses[:5])                # and it still learned
+
+    class Stop(Exception):
+        pass
+    m, g, f = _toy_problem(il)
+    st = il.TrainState()
+    calls = {"n": 0}
+
+    def interrupt():
+        calls["n"] += 1
+        if calls["n"] > 17:
+            raise Stop()
+    with pytest.raises(Stop):
+        il.train_loop(f, g, cfg, st, device=torch.device("cpu"), check_interrupt=interrupt, scaler=_scaler())
+    assert st.step == 17 and st.scaler_state and st.scaler_state["scale"] != 2.0 ** 118
+    path = str(tmp_path / "s.megaportrait-resume")
+    family = {"family": "Toy", "context_dim": 16}
+    il.save_resume(path, il.export_kohya(m, "lora_unet", 4), st, cfg, family, "data")
+    sd, st2 = il.load_resume("Trainer", path, cfg, family, "data")
+    assert st2.scaler_state == st.scaler_state
+    m2, g2, f2 = _toy_problem(il, seed=99)
+    il.import_kohya(m2, "lora_unet", sd)
+    fresh = _scaler()
+    st2 = il.train_loop(f2, g2, cfg, st2, device=torch.device("cpu"), scaler=fresh)
+    assert st2.losses == ref.losses
+    assert fresh.get_scale() == ref_scaler.get_scale()
+    assert all(torch.equal(a, b) for a, b in zip(il.lora_parameters(m2), il.lora_parameters(ref_m)))
+    # without the scaler state the resumed run ends elsewhere (so the checks above can fail)
+    st3 = il.load_resume("Trainer", path, cfg, family, "data")[1]
+    st3.scaler_state = None
+    m3, g3, f3 = _toy_problem(il, seed=99)
+    il.import_kohya(m3, "lora_unet", sd)
+    lost = _scaler()
+    st3 = il.train_loop(f3, g3, cfg, st3, device=torch.device("cpu"), scaler=lost)
+    assert (st3.losses, lost.get_scale()) != (ref.losses, ref_scaler.get_scale())
+
+
+def test_training_precision_policy(il):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    f32, f16, b16 = torch.float32, torch.float16, torch.bfloat16
+    for req in il.PRECISIONS:                                       # the CPU always trains in fp32
+        assert il.training_precision(cpu, req, f16, True) == (f32, False)
+    assert il.training_precision(cuda, "fp32", f16, True) == (f32, False)   # fp32 = fp32 compute, also for fp16 models
+    assert il.training_precision(cuda, "fp16", f32, True) == (f16, True)    # fp16 always with loss scaling
+    assert il.training_precision(cuda, "bf16", f16, True) == (b16, False)
+    assert il.training_precision(cuda, "bf16", f16, False) == (f16, True)   # no bf16 on this GPU
+    assert il.training_precision(cuda, "auto", f16, True) == (f16, True)    # auto = the model's own dtype
+    assert il.training_precision(cuda, "auto", b16, True) == (b16, False)
+    assert il.training_precision(cuda, "auto", f32, True) == (b16, False)
+    assert il.training_precision(cuda, "auto", f32, False) == (f16, True)
+
+
+def test_shadow_module_shares_memory_and_stays_private(il):
+    with torch.inference_mode():                                   # weights as ComfyUI's executor loads them
+        m = Toy()
+    twin = il.shadow_module(m)
+    pairs = list(zip(m.parameters(), twin.parameters()))
+    assert pairs and all(a.data_ptr() == b.data_ptr() and not b.is_inference() and not b.requires_grad
+                         for a, b in pairs)
+    il.inject_lora(twin, il.UNET_TARGETS["attention"], rank=4, alpha=4, seed=0)
+    assert not list(il.lora_layers(m)) and len(list(il.lora_layers(twin))) == 8
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.allclose(twin(x), m(x))
+    for p in il.lora_parameters(twin):                             # train the twin a little
+        p.data.normal_()
+    loss = twin(x).pow(2).mean()
+    loss.backward()                                                 # inference weights would refuse this
+    assert all(p.grad is not None for p in il.lora_parameters(twin))
+    with torch.no_grad():
+        assert not torch.allclose(twin(x), m(x))
+    assert isinstance(m.input_blocks[0].attn1.to_q, torch.nn.Linear) and m.input_blocks[0].attn1.to_q.weight.is_inference()
+
+
 def test_nan_loss_stops(il):
     m, g, f = _toy_problem(il)
     cfg = il.TrainConfig(steps=10)
