@@ -96,9 +96,9 @@ def main():
     from common import comfy, pack
     h = comfy()
     pack()
+    from comfyui_megaportrait.nodes import identity_sampler
     from comfyui_megaportrait.nodes import lora_comfy as lc
     from comfyui_megaportrait.nodes import lora_training as lt
-    from comfyui_megaportrait.nodes import identity_sampler
 
     import nodes
     dry = args.cpu_dry_run and not cuda
