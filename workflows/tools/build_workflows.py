@@ -390,6 +390,15 @@ def build_all(spec) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- ComfyUI glue
+# The files must not depend on which supported ComfyUI generates them. Outputs that stock nodes gained after the
+# oldest supported host (early 2024) are left out of the UI files; every frontend adds the outputs a node declares
+# when it loads a workflow. {class_type: number of outputs the early-2024 host declares}
+OUTPUTS_OF_OLDEST_HOST = {
+    "SaveImage": 0,        # an `images` output since ComfyUI v0.26.0
+    "PreviewImage": 0,     # (a subclass of SaveImage) the same
+}
+
+
 def comfy_spec():
     """Node specs from the ComfyUI importable in this process (stock nodes + this pack)."""
     import nodes
@@ -399,7 +408,8 @@ def comfy_spec():
         if class_type not in cache:
             cls = nodes.NODE_CLASS_MAPPINGS[class_type]
             names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-            cache[class_type] = (cls.INPUT_TYPES(), list(cls.RETURN_TYPES), list(names))
+            keep = OUTPUTS_OF_OLDEST_HOST.get(class_type, len(cls.RETURN_TYPES))
+            cache[class_type] = (cls.INPUT_TYPES(), list(cls.RETURN_TYPES)[:keep], list(names)[:keep])
         return cache[class_type]
     return spec
 
