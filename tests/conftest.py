@@ -122,9 +122,8 @@ def pack_node_names() -> list[str]:
     return sorted(import_pack().NODE_CLASS_MAPPINGS)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory, models_dir):
-    """A real ComfyUI server on 127.0.0.1 with this pack (and the tiny-model registry) loaded."""
+def start_server(workdir: str, models_dir: str, extra_args=()):
+    """Start a real ComfyUI server (``COMFY_ROOT``) on 127.0.0.1 with this pack and the tiny-model registry."""
     import comfy_harness
     import comfy_server
     import tiny_models
@@ -138,10 +137,15 @@ def server(tmp_path_factory, models_dir):
     for kind in MODEL_KINDS:
         os.makedirs(os.path.join(models_dir, kind), exist_ok=True)
     srv = comfy_server.ComfyServer(
-        COMFY_ROOT, workdir=str(tmp_path_factory.mktemp("server")),
-        models={k: os.path.join(models_dir, k) for k in MODEL_KINDS},
-        custom_nodes=[os.path.join(TOOLS, "tiny_registry")], extra_env=env, extra_args=["--cpu"])
-    srv.start()
+        COMFY_ROOT, workdir=workdir, models={k: os.path.join(models_dir, k) for k in MODEL_KINDS},
+        custom_nodes=[os.path.join(TOOLS, "tiny_registry")], extra_env=env, extra_args=["--cpu", *extra_args])
+    return srv.start()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, models_dir):
+    """A real ComfyUI server on 127.0.0.1 with this pack (and the tiny-model registry) loaded."""
+    srv = start_server(str(tmp_path_factory.mktemp("server")), models_dir)
     for name in os.listdir(EXAMPLES):
         if name.lower().endswith((".png", ".jpg", ".jpeg")):
             shutil.copy(os.path.join(EXAMPLES, name), srv.input_dir)
