@@ -37,7 +37,9 @@ import comfy_server  # noqa: E402
 REPO = comfy_server.REPO
 API_DIR = os.path.join(REPO, "workflows", "api")
 MODELS = json.load(open(os.path.join(HERE, "models.json")))
-DEFAULT_HOST = os.path.join(REPO, ".host", "ComfyUI")
+# the ComfyUI started for a run: run_megaportrait.sh names the host it set up (0.33 when it can be had)
+DEFAULT_HOST = os.environ.get("MEGAPORTRAIT_COMFYUI") or os.path.join(REPO, ".host", "ComfyUI")
+TESTS = os.path.join(REPO, "tests")
 REFERENCE_TITLE = "Reference portrait"
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # loader node type -> (model input, ComfyUI folder)
@@ -314,6 +316,7 @@ def start_server(args, log) -> comfy_server.ComfyServer:
             cpu = True
     if cpu:
         extra_args.append("--cpu")
+    env.update(_stand_in_env(root))
     if args.smoke:
         tmp = tempfile.mkdtemp(prefix="megaportrait-smoke-models-")
         _write_tiny_models(root, tmp)
@@ -328,6 +331,17 @@ def start_server(args, log) -> comfy_server.ComfyServer:
         raise RunnerError(str(e).splitlines()[0] + f" (log: {server.log_path})") from e
     server.models_root = os.path.join(root, "models")
     return server
+
+
+def _stand_in_env(comfy_root: str) -> dict:
+    """Current ComfyUI imports torchvision/torchaudio at start-up; where this Python has none (the 0.33 host's
+    virtualenv: no CPU build exists for its torch), the server gets the stand-ins the tests use."""
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    import comfy_harness
+    if not comfy_harness.needs_stubs(comfy_root):
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(p for p in (comfy_harness.STUBS, os.environ.get("PYTHONPATH")) if p)}
 
 
 def _write_tiny_models(comfy_root: str, dest: str) -> None:
@@ -443,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "workflow adds augmented copies up to 6)")
     ap.add_argument("--out", default=os.path.join(os.getcwd(), "megaportrait_output"), help="where outputs are saved")
     ap.add_argument("--server", help="URL of a running ComfyUI server with this pack installed")
-    ap.add_argument("--comfyui", help="ComfyUI folder to start for this run (default: the host copy in .host/)")
+    ap.add_argument("--comfyui", help="ComfyUI folder to start for this run (default: the host set up in .host/)")
     ap.add_argument("--models-dir", help="the ComfyUI models folder to download into (default: the started ComfyUI's)")
     ap.add_argument("--lora", help="identity LoRA file name for the megaportrait_with_lora workflow")
     ap.add_argument("--set", action="append", metavar="TITLE.INPUT=VALUE", help="override a node input (repeatable)")
