@@ -108,17 +108,26 @@ def data_key(images: torch.Tensor) -> str:
     return hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16] + f"-{tuple(x.shape)}"
 
 
+def _condition_fingerprint(clip, prompt: str) -> str:
+    """A digest of what the text encoder makes of the prompt (rounded to fp16, so float noise of a GPU run does not
+    count). Its weights are not hashed: checkpoints leave unused ones (e.g. SD1's text_projection) uninitialised."""
+    with torch.no_grad():
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
+    h = hashlib.sha256(cond.detach().half().cpu().numpy().tobytes())
+    if pooled is not None:
+        h.update(pooled.detach().half().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def training_key(model, clip, vae, images: torch.Tensor, prompt: str, cfg: lt.TrainConfig) -> str:
-    """What makes two trainings the same: photos, prompt, settings, and the effective weights of the base model,
-    text encoder and VAE (sampled after loading, so upstream LoRAs count)."""
+    """What makes two trainings the same: photos, prompt, settings, the effective weights of the base model and VAE
+    (sampled after loading, so upstream LoRAs count) and the text encoder's condition for the prompt."""
     patcher = compat.static_patcher(model)
     compat.load_models([patcher])
-    te = clip.cond_stage_model
     parts = {"format": lt.FORMAT_VERSION, "config": json.loads(json.dumps(lt.asdict(cfg))), "prompt": prompt,
              "data": data_key(images), "unet": weights_fingerprint(patcher.model.diffusion_model),
-             "unet_patches": compat.patch_summary(model), "clip": weights_fingerprint(te),
-             "clip_patches": compat.patch_summary(clip.patcher), "clip_layer": getattr(clip, "layer_idx", None),
-             "vae": weights_fingerprint(vae.first_stage_model),
+             "unet_patches": compat.patch_summary(model), "clip": _condition_fingerprint(clip, prompt),
+             "clip_patches": compat.patch_summary(clip.patcher), "vae": weights_fingerprint(vae.first_stage_model),
              "model_sampling": type(compat.model_object(model, "model_sampling")).__name__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
