@@ -151,3 +151,13 @@ def server(tmp_path_factory, models_dir):
             shutil.copy(os.path.join(EXAMPLES, name), srv.input_dir)
     yield srv
     srv.stop()
+
+
+def pytest_unconfigure(config):
+    """Free ComfyUI's models while its modules still exist: ComfyUI 0.33's ModelPatcher.__del__ needs them and
+    prints a traceback for every patcher that lives until interpreter shutdown."""
+    import gc
+    mm = sys.modules.get("comfy.model_management")
+    if mm is not None:
+        mm.unload_all_models()
+    gc.collect()

@@ -32,6 +32,14 @@ def face():
 _cache = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _drop_cached_models():
+    """Release the cached models with the module: a ModelPatcher still alive at interpreter exit prints a traceback
+    from its __del__ on current ComfyUI (its modules are gone by then)."""
+    yield
+    _cache.clear()
+
+
 def kit(comfy, family):
     """(model, clip, vae, controlnet, positive, negative) for a tiny family, loaded once."""
     if family not in _cache:
