@@ -44,7 +44,13 @@ def static_patcher(model):
     applied). Dynamic-VRAM patchers (ComfyUI 0.33 on CUDA) hand over ComfyUI's own non-dynamic delegate, the route
     ComfyUI itself takes when streaming cannot serve a use (``get_non_dynamic_delegate``); static patchers are
     returned unchanged."""
-    return model.get_non_dynamic_delegate() if is_dynamic(model) else model
+    if not is_dynamic(model):
+        return model
+    try:
+        return model.get_non_dynamic_delegate()
+    except RuntimeError as e:      # a MODEL built without a loader record (cached_patcher_init) has no delegate
+        raise RuntimeError(f"this dynamic-VRAM MODEL has no static delegate ({e}); start ComfyUI with "
+                           "--disable-dynamic-vram to train on it") from e
 
 
 def load_models(patchers: list, memory_required: int = 0, full: bool = False) -> None:

@@ -122,7 +122,10 @@ def _condition_fingerprint(clip, prompt: str) -> str:
 def training_key(model, clip, vae, images: torch.Tensor, prompt: str, cfg: lt.TrainConfig) -> str:
     """What makes two trainings the same: photos, prompt, settings, the effective weights of the base model and VAE
     (sampled after loading, so upstream LoRAs count) and the text encoder's condition for the prompt."""
-    patcher = compat.static_patcher(model)
+    try:
+        patcher = compat.static_patcher(model)
+    except RuntimeError as e:
+        raise MegaPortraitError("Identity LoRA Trainer", str(e), "start ComfyUI with --disable-dynamic-vram.") from e
     compat.load_models([patcher])
     parts = {"format": lt.FORMAT_VERSION, "config": json.loads(json.dumps(lt.asdict(cfg))), "prompt": prompt,
              "data": data_key(images), "unet": weights_fingerprint(patcher.model.diffusion_model),
@@ -187,9 +190,13 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
                 pooled = pooled.detach().clone().to(device) if pooled is not None else None
         h, w = int(pix.shape[1]), int(pix.shape[2])
         # 2. the model on the device once, as samplers load it
-        patcher = compat.static_patcher(model)
+        try:
+            patcher = compat.static_patcher(model)
+            te_patcher = compat.static_patcher(clip.patcher) if cfg.train_text_encoder else None
+        except RuntimeError as e:
+            raise MegaPortraitError(node, str(e), "start ComfyUI with --disable-dynamic-vram, or load the "
+                                                  "checkpoint with a stock loader node.") from e
         patchers = [patcher]
-        te_patcher = compat.static_patcher(clip.patcher) if cfg.train_text_encoder else None
         if te_patcher is not None:
             patchers.append(te_patcher)
         compat.load_models(patchers, _memory_for_training(patcher.model, cfg.batch_size, h, w, gradient_checkpointing),

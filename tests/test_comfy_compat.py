@@ -1,0 +1,89 @@
+"""The compat module: each ComfyUI difference on stand-ins of both API generations, and on the real host."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def compat(pack):
+    from comfyui_megaportrait.nodes import comfy_compat
+    return comfy_compat
+
+
+class StaticPatcher:
+    def __init__(self, model=None):
+        self.model = model
+        self.patches = {}
+        self.object_patches = {}
+
+
+class DynamicPatcher(StaticPatcher):
+    def __init__(self, delegate=None):
+        super().__init__()
+        self.delegate = delegate
+
+    def is_dynamic(self):
+        return True
+
+    def get_non_dynamic_delegate(self):
+        if self.delegate is None:
+            raise RuntimeError("Cannot create non-dynamic delegate: cached_patcher_init is not initialized.")
+        return self.delegate
+
+
+def test_static_patcher(compat):
+    static = StaticPatcher()
+    assert compat.static_patcher(static) is static                      # early-2024 style: no is_dynamic at all
+    delegate = StaticPatcher()
+    assert compat.is_dynamic(DynamicPatcher(delegate)) and not compat.is_dynamic(static)
+    assert compat.static_patcher(DynamicPatcher(delegate)) is delegate   # 0.33 on CUDA: ComfyUI's own delegate
+    with pytest.raises(RuntimeError, match="--disable-dynamic-vram"):
+        compat.static_patcher(DynamicPatcher(None))
+
+
+def test_model_object_sees_object_patches(compat):
+    inner = torch.nn.Module()
+    inner.model_sampling = "base sampling"
+    old = StaticPatcher(inner)                         # early 2024: no get_model_object
+    assert compat.model_object(old, "model_sampling") == "base sampling"
+    old.object_patches["model_sampling"] = "patched"
+    assert compat.model_object(old, "model_sampling") == "patched"
+
+    class New(StaticPatcher):
+        def get_model_object(self, name):
+            return ("via get_model_object", name)
+    assert compat.model_object(New(inner), "model_sampling") == ("via get_model_object", "model_sampling")
+
+
+def test_patch_summary_reads_both_tuple_layouts(compat):
+    p = StaticPatcher()
+    p.patches = {"b.weight": [(0.5, ("lora", None), 1.0)],                       # early 2024
+                 "a.weight": [(1.0, object(), 0.8, None, None), (0.25, object(), 1.0, None, None)]}   # since 2024
+    assert compat.patch_summary(p) == [["a.weight", 2, [[1.0, 0.8], [0.25, 1.0]]], ["b.weight", 1, [[0.5, 1.0]]]]
+    assert compat.patch_summary(StaticPatcher()) == []
+
+
+def test_checkpoint_state_dict_argument_order(compat):
+    class Old:
+        def state_dict_for_saving(self, clip_state_dict=None, vae_state_dict=None, clip_vision_state_dict=None):
+            return {"order": "old", "clip": clip_state_dict, "vae": vae_state_dict}
+
+    class New:
+        def state_dict_for_saving(self, unet_state_dict, clip_state_dict=None, vae_state_dict=None,
+                                  clip_vision_state_dict=None):
+            return {"order": "new", "unet": unet_state_dict, "clip": clip_state_dict, "vae": vae_state_dict}
+    assert compat.checkpoint_state_dict(Old(), "U", "C", "V") == {"order": "old", "clip": "C", "vae": "V"}
+    assert compat.checkpoint_state_dict(New(), "U", "C", "V") == {"order": "new", "unet": "U", "clip": "C", "vae": "V"}
+
+
+def test_real_host(compat, comfy):
+    """On the ComfyUI under test: CLIP layers always add residuals in place; the UNet's transformer blocks only on
+    the early-2024 host (current ComfyUI has ModelPatcher.get_model_object, the early-2024 one has not)."""
+    import comfy.model_patcher as mp
+    norms = compat.residual_inplace_norms()
+    assert norms["CLIPLayer"] == ("layer_norm1", "layer_norm2")
+    early = not hasattr(mp.ModelPatcher, "get_model_object")
+    assert ("BasicTransformerBlock" in norms) == early
+    with torch.inference_mode():
+        m = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[0]
+    assert compat.static_patcher(m) is m                               # the CPU never gets a dynamic patcher
+    assert type(compat.model_object(m, "model_sampling")).__name__ != "NoneType"
