@@ -45,31 +45,39 @@ pipq() {
     "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
 }
 
-# --- the 0.33 host's source tree first: its requirements.txt decides what the virtualenv needs
-if [[ $HOST_KIND == 0.33 && ! -f "$HOST/.megaportrait-prepared" ]]; then
+# --- the 0.33 host's source tree first: its requirements.txt decides what the virtualenv needs. Copied again when
+# the source tree named is another one or has changed (its version file and requirements.txt).
+if [[ $HOST_KIND == 0.33 ]]; then
     SRC=${MEGAPORTRAIT_COMFYUI_SRC:-}
-    rm -rf "$HOST.tmp"
-    mkdir -p "$(dirname "$HOST")"
+    want=""
     if [[ -n "$SRC" && -f "$SRC/main.py" ]]; then
-        log "copying ComfyUI from $SRC into $HOST"
-        cp -r "$SRC" "$HOST.tmp"
-        chmod -R u+w "$HOST.tmp"
-        origin="copied from $(cd "$SRC" && pwd)"
-    elif [[ -n "$SRC" ]]; then
-        echo "[setup 0.33] ComfyUI 0.33 host unavailable: MEGAPORTRAIT_COMFYUI_SRC=$SRC has no main.py" >&2
-        exit 3
-    elif command -v git >/dev/null 2>&1 && GIT_TERMINAL_PROMPT=0 timeout 300 git clone -q --depth 1 \
-            --branch "$COMFY_TAG" https://github.com/comfyanonymous/ComfyUI "$HOST.tmp" >/dev/null 2>&1; then
-        origin="git clone --branch $COMFY_TAG"
-    else
-        rm -rf "$HOST.tmp"
-        echo "[setup 0.33] ComfyUI 0.33 host unavailable: no MEGAPORTRAIT_COMFYUI_SRC source tree and no network for git clone" >&2
-        exit 3
+        want="copied from $(cd "$SRC" && pwd) ($(cat "$SRC/comfyui_version.py" "$SRC/requirements.txt" 2>/dev/null \
+               | sha256sum | cut -c1-12))"
     fi
-    rm -rf "$HOST.tmp/.git" "$HOST"
-    find "$HOST.tmp" -name __pycache__ -prune -exec rm -rf {} +
-    echo "$origin" > "$HOST.tmp/.megaportrait-prepared"
-    mv "$HOST.tmp" "$HOST"
+    have=$(cat "$HOST/.megaportrait-prepared" 2>/dev/null || true)
+    if [[ -z "$have" || ( -n "$want" && "$have" != "$want" ) ]]; then
+        rm -rf "$HOST.tmp"
+        mkdir -p "$(dirname "$HOST")"
+        if [[ -n "$want" ]]; then
+            log "copying ComfyUI from $SRC into $HOST"
+            cp -r "$SRC" "$HOST.tmp"
+            chmod -R u+w "$HOST.tmp"
+        elif [[ -n "$SRC" ]]; then
+            echo "[setup 0.33] ComfyUI 0.33 host unavailable: MEGAPORTRAIT_COMFYUI_SRC=$SRC has no main.py" >&2
+            exit 3
+        elif command -v git >/dev/null 2>&1 && GIT_TERMINAL_PROMPT=0 timeout 300 git clone -q --depth 1 \
+                --branch "$COMFY_TAG" https://github.com/comfyanonymous/ComfyUI "$HOST.tmp" >/dev/null 2>&1; then
+            want="git clone --branch $COMFY_TAG"
+        else
+            rm -rf "$HOST.tmp"
+            echo "[setup 0.33] ComfyUI 0.33 host unavailable: no MEGAPORTRAIT_COMFYUI_SRC source tree and no network for git clone" >&2
+            exit 3
+        fi
+        rm -rf "$HOST.tmp/.git" "$HOST"
+        find "$HOST.tmp" -name __pycache__ -prune -exec rm -rf {} +
+        echo "$want" > "$HOST.tmp/.megaportrait-prepared"
+        mv "$HOST.tmp" "$HOST"
+    fi
 fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then
