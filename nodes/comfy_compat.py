@@ -53,16 +53,6 @@ def static_patcher(model):
                            "--disable-dynamic-vram to train on it") from e
 
 
-def load_models(patchers: list, memory_required: int = 0, full: bool = False) -> None:
-    """``comfy.model_management.load_models_gpu``. ``force_full_load`` (all weights on the device, no lowvram split)
-    came in August 2024; the early-2024 host loads fully whenever memory allows and has no such argument."""
-    import comfy.model_management as mm
-    if full and "force_full_load" in inspect.signature(mm.load_models_gpu).parameters:
-        mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
-    else:
-        mm.load_models_gpu(patchers, memory_required=memory_required)
-
-
 def checkpoint_state_dict(base_model, unet_sd: dict, clip_sd: dict | None, vae_sd: dict | None) -> dict:
     """``BaseModel.state_dict_for_saving`` with the prefixed keys of a full checkpoint. It takes the UNet state
     dict first since ComfyUI v0.12.0 (Feb 2026; before, the UNet came from the model itself and the arguments

@@ -126,7 +126,8 @@ def training_key(model, clip, vae, images: torch.Tensor, prompt: str, cfg: lt.Tr
         patcher = compat.static_patcher(model)
     except RuntimeError as e:
         raise MegaPortraitError("Identity LoRA Trainer", str(e), "start ComfyUI with --disable-dynamic-vram.") from e
-    compat.load_models([patcher])
+    import comfy.model_management as mm
+    mm.load_models_gpu([patcher])
     parts = {"format": lt.FORMAT_VERSION, "config": json.loads(json.dumps(lt.asdict(cfg))), "prompt": prompt,
              "data": data_key(images), "unet": weights_fingerprint(patcher.model.diffusion_model),
              "unet_patches": compat.patch_summary(model), "clip": _condition_fingerprint(clip, prompt),
@@ -199,8 +200,10 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
         patchers = [patcher]
         if te_patcher is not None:
             patchers.append(te_patcher)
-        compat.load_models(patchers, _memory_for_training(patcher.model, cfg.batch_size, h, w, gradient_checkpointing),
-                           full=True)
+        # as samplers load: ComfyUI keeps the training memory free, unloading other models (or splitting these,
+        # low-VRAM) only when it must; the twin's layers then cast their weights per call like ComfyUI's own
+        mm.load_models_gpu(patchers, memory_required=_memory_for_training(patcher.model, cfg.batch_size, h, w,
+                                                                           gradient_checkpointing))
         # 3. the twin, with the sampling the MODEL samples with (object patches included)
         base = lt.shadow_module(patcher.model)
         base.model_sampling = lt.shadow_module(compat.model_object(model, "model_sampling"))
