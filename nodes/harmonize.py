@@ -166,7 +166,7 @@ class Harmonize:
             check_controlnet(node, "control_net", control_net, model)
         images, latents = [], []
         for i in range(image.shape[0]):
-            out, lat = harmonize_one(node, model, positive, negative, vae, image[i], mask[i], seed + i, steps, cfg,
+            out, lat = harmonize_one(node, model, positive, negative, vae, image[i], mask[i], (seed + i) % 2 ** 64, steps, cfg,
                                      sampler_name, scheduler, denoise, grow, feather, crop_to_mask, padding,
                                      working_resolution, control_net, control_strength)
             images.append(out)

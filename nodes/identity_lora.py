@@ -230,7 +230,6 @@ class LoadIdentityLora:
 
     def load(self, model, clip, lora_name, strength_model, strength_clip):
         node = "Load Identity LoRA"
-        import comfy.utils
         import folder_paths
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None or not os.path.isfile(path):
@@ -239,14 +238,22 @@ class LoadIdentityLora:
         if not path.endswith(".safetensors"):
             raise MegaPortraitError(node, f"{lora_name} is not a .safetensors file (pickled files are never loaded).",
                                     "convert it to safetensors.")
-        meta = lf.read_lora_metadata(path)
+        lora, meta = lf.load_lora_file(node, path)
         fam = lc.model_family(model)
         trained_on = meta.get("ss_base_model_version", "")
         if trained_on and trained_on.startswith("sdxl") != fam["base_model_version"].startswith("sdxl"):
             raise MegaPortraitError(node, f"{lora_name} was trained on {trained_on} but this MODEL is "
                                           f"{fam['base_model_version']} ({fam['family']}).",
                                     "load the checkpoint family the LoRA was trained on.")
-        lora = comfy.utils.load_torch_file(path, safe_load=True)
+        lora_dim = lf.lora_context_dim(lora)               # files without metadata: the family from the keys
+        if lora_dim and fam["context_dim"] and lora_dim != fam["context_dim"]:
+            names = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+            raise MegaPortraitError(node, f"{lora_name} is a LoRA for {names.get(lora_dim, 'another family')} (text "
+                                          f"context {lora_dim}) but this MODEL is {fam['family']} (context "
+                                          f"{fam['context_dim']}).", "load the checkpoint family the LoRA was trained on.")
+        if not any(k.startswith(("lora_unet_", "lora_te")) for k in lora):
+            raise MegaPortraitError(node, f"{lora_name} has no kohya LoRA keys (lora_unet_* / lora_te*_*).",
+                                    "load it with the stock LoraLoader if it is another LoRA format.")
         new_model, new_clip = lc.apply_lora(model, clip, lora, strength_model, strength_clip)
         prompt = meta.get("megaportrait.prompt", "")
         info = "\n".join(f"{k}: {meta[k]}" for k in ("megaportrait.family", "ss_base_model_version", "ss_network_dim",

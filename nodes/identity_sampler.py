@@ -116,9 +116,15 @@ def dual_sample(node: str, model, positive, negative, latent: dict, seed: int, s
 
     import nodes as comfy_nodes
     ref_model = model if reference_model is None else reference_model
+    if reference_denoise <= 0 or source_denoise <= 0:   # denoise 0 = that branch is the input, unchanged
+        def branch(m, d):
+            if d <= 0:
+                return latent["samples"].clone()
+            return comfy_nodes.common_ksampler(m, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                                               denoise=d)[0]["samples"]
+        return branch(ref_model, reference_denoise), branch(model, source_denoise), "sequential"
     mask = latent.get("noise_mask")
     lockstep = (share_passes and ref_model is model and sampler_name in LOCKSTEP_SAMPLERS and mask is None
-                and reference_denoise > 0 and source_denoise > 0
                 and not _partial_controlnets(positive) and not _partial_controlnets(negative))
     if not lockstep:
         ref = comfy_nodes.common_ksampler(ref_model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,

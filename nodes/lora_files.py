@@ -86,7 +86,12 @@ def resolve_save_path(node: str, loras_dir: str, save_name: str, if_exists: str)
         raise MegaPortraitError(node, f"save name {save_name!r} is not allowed.",
                                 "use letters, digits, '_', '-', '.', spaces and '/' for subfolders of models/loras "
                                 "(no absolute paths, no '..', no hidden names), e.g. 'megaportrait/alice'.")
+    reserved = [part for part in name.split("/") if part.split(".")[0].upper() in _RESERVED]
+    if reserved:
+        raise MegaPortraitError(node, f"save name {save_name!r} uses the reserved name {reserved[0]!r} (Windows "
+                                      "cannot create such files).", "choose another name.")
     root = os.path.realpath(loras_dir)
+    _check_lengths(node, root, name)
     path = os.path.realpath(os.path.join(root, name + ".safetensors"))
     if os.path.commonpath([path, root]) != root:
         raise MegaPortraitError(node, f"save name {save_name!r} points outside models/loras.", "use a plain name.")
@@ -102,6 +107,29 @@ def resolve_save_path(node: str, loras_dir: str, save_name: str, if_exists: str)
             name = f"{name}_{i:05d}"
             path = os.path.join(root, name + ".safetensors")
     return path, name + ".safetensors"
+
+
+# the longest names the trainer writes for a LoRA "<name>.safetensors": its resume checkpoint's temporary file
+LONGEST_SUFFIX = ".megaportrait-resume.tmp-" + "9" * 10
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def _check_lengths(node: str, root: str, name: str) -> None:
+    """Refuse, before any work, a name whose files (LoRA, resume checkpoint, their temporary files) the file
+    system cannot create: every path component within NAME_MAX bytes, the whole path within PATH_MAX."""
+    try:
+        name_max = os.pathconf(root if os.path.isdir(root) else os.path.dirname(root) or ".", "PC_NAME_MAX")
+        path_max = os.pathconf(root if os.path.isdir(root) else os.path.dirname(root) or ".", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    parts = name.split("/")
+    longest = "." + parts[-1] + LONGEST_SUFFIX
+    too_long = [p for p in parts[:-1] + [longest] if len(p.encode()) > name_max]
+    if too_long or len(os.path.join(root, *parts[:-1], longest).encode()) >= path_max:
+        limit = name_max - len(LONGEST_SUFFIX.encode()) - 1
+        raise MegaPortraitError(node, f"save name {name!r} is too long for this file system (the trainer's files "
+                                      f"for it would exceed {name_max} bytes a name).",
+                                f"use at most {limit} bytes for the file name (and shorter folder names).")
 
 
 def atomic_save(tensors: dict, path: str, metadata: dict) -> None:
@@ -122,6 +150,25 @@ def read_lora_metadata(path: str) -> dict:
     import safetensors
     with safetensors.safe_open(path, "pt") as f:
         return dict(f.metadata() or {})
+
+
+def load_lora_file(node: str, path: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of a LoRA file, with a clear error for a file that is not a readable safetensors."""
+    import safetensors.torch as st
+    try:
+        return st.load_file(path), read_lora_metadata(path)
+    except Exception as e:
+        raise MegaPortraitError(node, f"{os.path.basename(path)} is not a readable safetensors file ({e}).",
+                                "the file is damaged or incomplete: download or train it again.") from e
+
+
+def lora_context_dim(sd: dict) -> int | None:
+    """The text-context width a UNet LoRA was trained for, read from its cross-attention key projections
+    (768: SD1.x, 1024: SD2.x, 2048: SDXL); None when it has none."""
+    for k, v in sd.items():
+        if k.startswith("lora_unet_") and k.endswith("attn2_to_k.lora_down.weight") and v.ndim == 2:
+            return int(v.shape[1])
+    return None
 
 
 def find_trained(candidates: Iterable[tuple[str, str]], train_key: str) -> tuple[str, str, dict] | None:

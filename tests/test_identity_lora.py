@@ -351,6 +351,28 @@ def test_load_identity_lora_node(comfy, il, photos):
     with pytest.raises(MegaPortraitError, match="was not found"):
         with torch.inference_mode():
             il.LoadIdentityLora().load(m, c, "test/nope.safetensors", 1.0, 1.0)
+    # the same SD1.5 LoRA without metadata: its family is read from its keys
+    loras = os.path.join(comfy.models_dir, "loras", "test")
+    st.save_file(st.load_file(lora_path(comfy, "test/loadme.safetensors")), os.path.join(loras, "nometa.safetensors"))
+    assert il.read_lora_metadata(os.path.join(loras, "nometa.safetensors")) == {}
+    with pytest.raises(MegaPortraitError, match="is a LoRA for .* context 32\\) but this MODEL is TinySDXL"):
+        with torch.inference_mode():
+            il.LoadIdentityLora().load(mx, cx, "test/nometa.safetensors", 1.0, 1.0)
+    with torch.inference_mode():
+        assert il.LoadIdentityLora().load(m, c, "test/nometa.safetensors", 1.0, 1.0)[3] == "no metadata"
+    # a damaged file and a file of another LoRA format: clear errors, the files stay as they are
+    good = open(lora_path(comfy, "test/loadme.safetensors"), "rb").read()
+    for fname, data in (("truncated", good[: len(good) // 2]), ("garbage", b"\xff" * 64), ("empty", b"")):
+        with open(os.path.join(loras, fname + ".safetensors"), "wb") as f:
+            f.write(data)
+        with pytest.raises(MegaPortraitError, match=f"{fname}.safetensors is not a readable safetensors file"):
+            with torch.inference_mode():
+                il.LoadIdentityLora().load(m, c, f"test/{fname}.safetensors", 1.0, 1.0)
+        assert open(os.path.join(loras, fname + ".safetensors"), "rb").read() == data
+    st.save_file({"diffusion_model.x.lora_A.weight": torch.zeros(4, 8)}, os.path.join(loras, "peftish.safetensors"))
+    with pytest.raises(MegaPortraitError, match="has no kohya LoRA keys"):
+        with torch.inference_mode():
+            il.LoadIdentityLora().load(m, c, "test/peftish.safetensors", 1.0, 1.0)
 
 
 def test_bad_input(comfy, il, photos, pack):
@@ -367,6 +389,20 @@ def test_bad_input(comfy, il, photos, pack):
     for bad in ("../escape", "/tmp/escape", "a/../../escape", "bad|name"):
         with pytest.raises(MegaPortraitError, match="not allowed"):
             train(il, m, c, v, photos, save_name=bad)
+    # names the file system cannot hold are refused before step 1 (the resume file's temporary name is the longest)
+    steps_run = []
+    cu_hook = __import__("comfy.utils", fromlist=["x"])
+    cu_hook.set_progress_bar_global_hook(lambda value, total, preview, **kw: steps_run.append(value))
+    try:
+        for bad, msg in (("x" * 240, "too long for this file system"), ("test/" + "y" * 230, "too long"),
+                         ("test/CON", "reserved name 'CON'"), ("aux.v2", "reserved name 'aux.v2'")):
+            with pytest.raises(MegaPortraitError, match=msg):
+                train(il, m, c, v, photos, save_name=bad)
+    finally:
+        cu_hook.set_progress_bar_global_hook(None)
+    assert steps_run == []
+    (_, _, ok_name, _), _ = train(il, m, c, v, photos, steps=1, save_name="test/" + "z" * 200)
+    assert os.path.isfile(lora_path(comfy, ok_name))                    # a long name that fits works end to end
     train(il, m, c, v, photos, steps=2, save_name="test/exists")
     existing = open(lora_path(comfy, "test/exists.safetensors"), "rb").read()
     with pytest.raises(MegaPortraitError, match="already exists"):

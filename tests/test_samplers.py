@@ -153,6 +153,20 @@ def test_identity_sampler_bad_input(comfy, S, face):
             node.sample(m, pos, neg, v, face, 3, 6, 5.0, "euler", "karras", 0.3, 0.7, latent=face)
 
 
+def test_identity_sampler_denoise_zero_is_the_input(comfy, S, face):
+    """reference_denoise (or source_denoise) 0 = that branch is the input unchanged, as the tooltip says; the other
+    branch is its KSampler run."""
+    m, c, v, net, pos, neg = kit(comfy, "sd15")
+    node = S.ids.DualStrengthIdentitySampler()
+    with torch.inference_mode():
+        lat = {"samples": v.encode(face)}
+        ref, _, src, _ = node.sample(m, pos, neg, v, face, 3, 6, 5.0, "euler", "karras", 0.0, 0.7, latent=lat)
+        assert torch.equal(ref["samples"], lat["samples"])
+        assert close(src["samples"], ksampler(comfy, m, pos, neg, lat, 3, 6, "euler", 0.7))
+        ref, _, src, _ = node.sample(m, pos, neg, v, face, 3, 6, 5.0, "euler", "karras", 0.0, 0.0, latent=lat)
+        assert torch.equal(ref["samples"], lat["samples"]) and torch.equal(src["samples"], lat["samples"])
+
+
 # ------------------------------------------------------------------------------------------- shading sampler
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_shading_strength_zero_is_plain_sampling(comfy, S, face, family):
@@ -257,6 +271,14 @@ def test_harmonize_bad_input(comfy, S):
         node.harmonize(m, pos, neg, v, img, torch.ones(1, 64, 64), *args, control_net=xl_net)
     with pytest.raises(S.Error, match="working_resolution 60"):
         node.harmonize(m, pos, neg, v, img, torch.ones(1, 64, 64), *args[:-1], 60)
+    # the widget's largest seed with a batch of 2: image i uses seed + i, wrapping round like a 64-bit counter
+    top = 0xFFFFFFFFFFFFFFFF
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1
+    with torch.inference_mode():
+        out, _ = node.harmonize(m, pos, neg, v, img, mask, top, *args[1:])
+        first, _ = node.harmonize(m, pos, neg, v, img[1:], mask, 0, *args[1:])
+    assert out.shape == img.shape and torch.equal(out[1:], first)      # image 1 got seed (top + 1) mod 2**64 = 0
 
 
 # ------------------------------------------------------------------------------------------- graphs
