@@ -2,13 +2,15 @@
 
 Backends
 --------
-* ``dlib`` (default, offline): ``dlib-bin`` + the ``face-recognition-models`` package. HOG detector, 5-point
+* ``dlib`` (default, offline): ``dlib-bin`` + the ``face-recognition-models`` package. HOG detector run at full
+  resolution (enlarged so that faces down to ``min_face`` px are found, see :mod:`.face_search`), 5-point
   landmarks (optionally 68-point), 128-d identity descriptors compared by Euclidean distance (the usual
   threshold is 0.6). The 5-point landmarks are refined for sub-pixel stability by averaging the shape
   predictor over horizontally flipped and slightly shifted/scaled face boxes.
 * ``insightface``: the model packs ComfyUI users already have in ``ComfyUI/models/insightface/models/<pack>/``
-  (buffalo_l, antelopev2), run with onnxruntime on CPU or CUDA. SCRFD detector, 5 keypoints, ArcFace
-  512-d embeddings compared by cosine distance.
+  (buffalo_l, antelopev2), run with onnxruntime on CPU or CUDA. SCRFD detector (on the whole image at
+  ``det_size`` and, when small faces would be lost there, on ``det_size`` tiles at full resolution), 5 keypoints,
+  ArcFace 512-d embeddings compared by cosine distance.
 
 FACE_ANALYSIS is a :class:`FaceAnalyzer`: a plain, picklable Python object holding the backend configuration;
 models load lazily on first use and are shared between analyzers with the same configuration.
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import face_search
+from .align import ARCFACE_TEMPLATE, DLIB5_TEMPLATE, template  # noqa: F401  (ARCFACE_TEMPLATE: its old home)
 from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log, require
 
 BACKENDS = ("dlib", "insightface")
@@ -34,12 +38,11 @@ DLIB_FILES = {
     "shape68": "shape_predictor_68_face_landmarks.dat",
     "recognition": "dlib_face_recognition_resnet_model_v1.dat",
 }
-# ArcFace's 112x112 alignment template (image-left eye, image-right eye, nose tip, left/right mouth corner)
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
-# the same frame for dlib's 5 points reduced to eye centres + nose base (measured: the nose base sits ~0.72
-# inter-ocular distances below the eye line)
-DLIB_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0, 77.0]], dtype=np.float64)
+DLIB_TEMPLATE = DLIB5_TEMPLATE            # (its old name)
+DLIB_WINDOW = 72.0       # the smallest face box dlib's HOG detector finds at scale 1 (measured: 73 px)
+SCRFD_WINDOW = 16.0      # the same for insightface's SCRFD, in pixels of its det_size input
+MAX_PASS_PX = 16e6       # the largest (enlarged) image one detector run takes; larger searches run in tiles
+DEFAULT_MIN_FACE = 32    # detector box side; the box is about 0.8 of the face width a person sees
 _DLIB5_FLIP = [2, 3, 0, 1, 4]        # dlib 5-point order: image-right eye (outer, inner), image-left eye, nose base
 
 
@@ -65,21 +68,13 @@ class Face:
         return np.array([(self.bbox[0] + self.bbox[2]) / 2, (self.bbox[1] + self.bbox[3]) / 2])
 
     def alignment_points(self) -> tuple[np.ndarray, np.ndarray]:
-        """Points for the crop alignment and their place in ArcFace's 112x112 template frame."""
+        """Points for the crop alignment (all landmarks) and their template in ArcFace's 112x112 frame."""
         return alignment_points(self.landmarks, self.kind)
 
 
 def alignment_points(landmarks: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(landmarks, dtype=np.float64)
-    if kind == "kps5":
-        return p, ARCFACE_TEMPLATE
-    if kind == "dlib5":
-        return np.stack([(p[2] + p[3]) / 2, (p[0] + p[1]) / 2, p[4]]), DLIB_TEMPLATE
-    if kind == "dlib68":
-        left, right = p[36:42].mean(0), p[42:48].mean(0)
-        mouth_l, mouth_r = p[48], p[54]
-        return np.stack([left, right, p[30], mouth_l, mouth_r]), ARCFACE_TEMPLATE
-    raise ValueError(f"unknown landmark kind {kind!r}")
+    """All landmarks and their template (see :mod:`.align`): a crop fits every point."""
+    return np.asarray(landmarks, dtype=np.float64), template(kind)
 
 
 def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
@@ -175,23 +170,18 @@ class _DlibBackend:
         self.refine = refine
         self.lock = threading.Lock()
 
-    def detect(self, img: np.ndarray, threshold: float, det_size: int) -> list[Face]:
+    def detect(self, img: np.ndarray, threshold: float, det_size: int, min_face: float) -> list[Face]:
+        """Every face of at least ``min_face`` px: the HOG detector on the image enlarged (or shrunk) so that
+        such a face fills its window, in tiles when that is large; landmarks on the full-resolution image."""
         h, w = img.shape[:2]
-        scale = min(1.0, det_size / max(h, w))     # only shrink: small faces get the detector's own upsampling
-        import cv2
-        small = img if abs(scale - 1) < 1e-3 else cv2.resize(
-            img, (max(1, round(w * scale)), max(1, round(h * scale))),
-            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-        with self.lock:
-            rects, scores, _ = self.detector.run(small, 0, threshold)
-            if len(rects) == 0:          # small faces: one more pass with the detector's 2x upsampling
-                rects, scores, _ = self.detector.run(small, 1, threshold)
-        sx, sy = w / small.shape[1], h / small.shape[0]
-        faces = []
-        for r, s in zip(rects, scores):
-            box = np.array([r.left() * sx, r.top() * sy, (r.right() + 1) * sx, (r.bottom() + 1) * sy], dtype=np.float64)
-            faces.append(Face(box, float(s), self.landmarks(img, box), self.kind))
-        return faces
+        passes = face_search.plan(h, w, DLIB_WINDOW, min_face, MAX_PASS_PX)
+
+        def hog(region):
+            with self.lock:
+                rects, scores, _ = self.detector.run(region, 0, threshold)
+            return [(r.left(), r.top(), r.right() + 1, r.bottom() + 1) for r in rects], scores, None
+        boxes, scores, _ = face_search.run(img, passes, hog)
+        return [Face(b, float(s), self.landmarks(img, b), self.kind) for b, s in zip(boxes, scores)]
 
     def _rect(self, cx, cy, half):
         return self.dlib.rectangle(int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
@@ -277,17 +267,23 @@ class _InsightFaceBackend:
         self.pack_dir = pack_dir
         self.lock = threading.Lock()
 
-    def detect(self, img: np.ndarray, threshold: float, det_size: int) -> list[Face]:
-        bgr = np.ascontiguousarray(img[:, :, ::-1])
+    def detect(self, img: np.ndarray, threshold: float, det_size: int, min_face: float) -> list[Face]:
+        """SCRFD on the whole image (shrunk to det_size) and, when a ``min_face`` face would be smaller than the
+        detector sees there, on det_size tiles at full resolution too; hits merged by non-maximum suppression."""
+        h, w = img.shape[:2]
         det = self.app.det_model
         det.det_thresh = threshold
-        with self.lock:
-            bboxes, kpss = det.detect(bgr, max_num=0)
-        faces = []
-        for i in range(bboxes.shape[0]):
-            faces.append(Face(bboxes[i, :4].astype(np.float64), float(bboxes[i, 4]),
-                              kpss[i].astype(np.float64), "kps5"))
-        return faces
+        passes = [face_search.Pass(0, 0, w, h, 1.0)]           # (SCRFD resizes to det_size itself)
+        if min_face * det_size / max(h, w) < SCRFD_WINDOW:
+            passes += [face_search.Pass(*t, 1.0) for t in face_search.tile_grid(h, w, det_size, det_size // 4)]
+
+        def scrfd(region):
+            with self.lock:
+                bboxes, kpss = det.detect(np.ascontiguousarray(region[:, :, ::-1]), max_num=0)
+            kps = [None] * len(bboxes) if kpss is None else list(kpss)
+            return bboxes[:, :4], bboxes[:, 4], kps
+        boxes, scores, kps = face_search.run(img, passes, scrfd)
+        return [Face(b, float(s), k, "kps5") for b, s, k in zip(boxes, scores, kps) if k is not None]
 
     def embed(self, img: np.ndarray, face: Face) -> np.ndarray:
         rec = self.app.models.get("recognition")
@@ -313,6 +309,7 @@ class FaceAnalyzer:
     det_threshold: float = 0.3
     det_size: int = 640
     landmarks: str = "5-point"              # dlib only: "5-point" or "68-point"
+    min_face: int = DEFAULT_MIN_FACE        # smallest face searched for (detector box side, full-resolution px)
     refine_landmarks: bool = True           # dlib only: sub-pixel averaging
     insightface_pack: str = "buffalo_l"
     provider: str = "auto"
@@ -350,9 +347,11 @@ class FaceAnalyzer:
     def metric(self) -> str:
         return self.impl.metric
 
-    def detect(self, img: np.ndarray) -> list[Face]:
-        """All faces in an HxWx3 uint8 RGB image, sorted left to right."""
-        faces = self.impl.detect(img, self.det_threshold, self.det_size)
+    def detect(self, img: np.ndarray, min_face: float | None = None) -> list[Face]:
+        """All faces of at least ``min_face`` px (default: the loader's) in an HxWx3 uint8 RGB image, searched at
+        full resolution, sorted left to right."""
+        mf = float(min_face if min_face is not None else getattr(self, "min_face", DEFAULT_MIN_FACE))
+        faces = self.impl.detect(img, self.det_threshold, self.det_size, max(mf, 8.0))
         return sorted(faces, key=lambda f: (f.center[0], f.center[1]))
 
     def embed(self, img: np.ndarray, face: Face) -> np.ndarray:
@@ -365,7 +364,8 @@ class FaceAnalyzer:
 
     def describe(self) -> str:
         if self.backend == "dlib":
-            return f"dlib ({self.landmarks} landmarks, Euclidean distance, threshold {self.impl.threshold})"
+            return (f"dlib ({self.landmarks} landmarks, faces from {self.min_face} px, Euclidean distance, "
+                    f"threshold {self.impl.threshold})")
         return f"insightface {self.insightface_pack} ({self.provider}, cosine distance, threshold {self.impl.threshold})"
 
 
@@ -373,8 +373,8 @@ def largest_face(node: str, analyzer: FaceAnalyzer, img: np.ndarray, what: str) 
     faces = analyzer.detect(img)
     if not faces:
         raise MegaPortraitError(node, f"no face was found in {what}.",
-                                "use a photo where the face is clearly visible and at least ~64 px wide, or lower "
-                                "det_threshold in the Face Analysis loader.")
+                                "use a photo where the face is clearly visible and at least ~40 px wide, or lower "
+                                "det_threshold / min_face in the Face Analysis Loader.")
     return max(faces, key=lambda f: f.area), len(faces)
 
 
@@ -414,9 +414,9 @@ class FaceAnalysisLoader:
                               "Detection threshold. dlib: HOG score (0.3 default; lower finds harder faces and more false "
                               "ones). insightface: confidence 0..1 (0.5 is usual)."}),
             "det_size": ("INT", {"default": 640, "min": 160, "max": 2048, "step": 32, "tooltip":
-                         "Larger images are shrunk so their longer side is this many pixels for detection (any input "
-                         "size works; small faces get the detector's own upsampling); landmarks and embeddings use the "
-                         "full-resolution image."}),
+                         "insightface only: the detector's input size. The whole image is searched at this size, and "
+                         "in tiles of this size at full resolution when min_face faces would be too small there. "
+                         "(dlib searches the full-resolution image, see min_face.)"}),
         }, "optional": {
             "landmarks": (["5-point", "68-point"], {"default": "5-point", "tooltip":
                           "dlib only. 5-point (default; CC0 training data) or 68-point (its training data excludes "
@@ -428,15 +428,20 @@ class FaceAnalysisLoader:
                                  "insightface only: the folder name under ComfyUI/models/insightface/models/."}),
             "provider": (list(PROVIDERS), {"default": "auto", "tooltip":
                          "insightface only: onnxruntime execution provider (auto = CUDA when available, else CPU)."}),
+            "min_face": ("INT", {"default": DEFAULT_MIN_FACE, "min": 16, "max": 1024, "step": 4, "tooltip":
+                         "Smallest face searched for, in pixels of the full-resolution image (the detector's box, "
+                         "about 0.8 of the face's width: 32 finds faces ~40 px wide). dlib enlarges the image by "
+                         "72/min_face for the search, so halving it costs ~4x the time; raise it for speed on large "
+                         "photos of big faces."}),
         }}
 
     def load(self, backend, det_threshold, det_size, landmarks="5-point", refine_landmarks=True,
-             insightface_pack="buffalo_l", provider="auto"):
+             insightface_pack="buffalo_l", provider="auto", min_face=DEFAULT_MIN_FACE):
         node = "Face Analysis Loader"
         check_choice(node, "backend", backend, BACKENDS)
         fa = FaceAnalyzer(backend=backend, det_threshold=float(det_threshold), det_size=int(det_size),
                           landmarks=landmarks, refine_landmarks=bool(refine_landmarks),
-                          insightface_pack=insightface_pack, provider=provider, node=node)
+                          insightface_pack=insightface_pack, provider=provider, node=node, min_face=int(min_face))
         fa.load()
         log.info("MegaPortrait: face analysis ready: %s", fa.describe())
         return (fa,)

@@ -1,25 +1,25 @@
 """The aligned face crop MegaPortrait works on, and the FACE_CROP type that lets paste-back undo it.
 
-The crop is a similarity transform (rotation, uniform scale, translation; OpenCV ``estimateAffinePartial2D``)
-that puts the face's landmarks on ArcFace's 112x112 alignment template, scaled so that the template box fills
-``1 / (1 + 2 * context)`` of the square crop. The transform, the landmarks (in the original image and as
-detected again on the crop itself) and the original image size travel in FACE_CROP, so paste-back can put the
-re-rendered face back exactly.
+The crop is the least-squares similarity transform (rotation, uniform scale, translation) that puts all the
+face's landmarks (5 or 68) on their template in ArcFace's 112x112 alignment frame, scaled so that the frame's
+box fills ``1 / (1 + 2 * context)`` of the square crop (the geometry lives in :mod:`.align`). The transform,
+the landmarks (in the original image and as detected again on the crop itself) and the original image size
+travel in FACE_CROP, so paste-back can put the re-rendered face back exactly.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from . import align
+# the geometry's old home: these names stay importable from here
+from .align import (FACE_ELLIPSE, TEMPLATE_CENTER, TEMPLATE_SIZE, border_fraction, compose,  # noqa: F401
+                    crop_matrix, similarity, template_to_crop, transform_points, warp)
 from .common import CATEGORY, MegaPortraitError, check_image
-from .face_analysis import Face, FaceAnalyzer, alignment_points, identity_embedding, to_uint8_rgb
+from .face_analysis import Face, FaceAnalyzer, identity_embedding, to_uint8_rgb
 
-TEMPLATE_SIZE = 112.0
-TEMPLATE_CENTER = np.array([56.0, 62.0])          # crop centre in template units (a little below the eyes)
-FACE_ELLIPSE = (np.array([56.0, 70.0]), np.array([39.0, 50.0]))   # centre, semi-axes in template units
 SELECTIONS = ("largest", "highest score", "index (left to right)", "most similar to identity", "single (error if several)")
 
 
@@ -41,15 +41,15 @@ class CropInfo:
     @property
     def scale(self) -> float:
         """Crop pixels per original pixel."""
-        return float(math.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))
+        return align.scale_of(self.matrix)
 
     @property
     def inverse(self) -> np.ndarray:
-        import cv2
-        return cv2.invertAffineTransform(self.matrix)
+        """Crop pixel -> original image pixel."""
+        return align.invert(self.matrix)
 
     def template_to_crop(self, pts: np.ndarray) -> np.ndarray:
-        return template_to_crop(pts, self.crop_size, self.context)
+        return align.template_to_crop(pts, self.crop_size, self.context)
 
 
 @dataclass
@@ -64,83 +64,6 @@ class FaceCrop:
         return self.items[i]
 
 
-def template_to_crop(pts: np.ndarray, crop_size: int, context: float) -> np.ndarray:
-    face_px = crop_size / (1.0 + 2.0 * context)
-    return (np.asarray(pts, dtype=np.float64) - TEMPLATE_CENTER) * (face_px / TEMPLATE_SIZE) + crop_size / 2.0
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (2x3) mapping src points onto dst points (OpenCV, LMedS)."""
-    import cv2
-    src = np.asarray(src, dtype=np.float64).reshape(-1, 1, 2)
-    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 1, 2)
-    if np.allclose(src, dst):
-        return np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
-    if m is None:
-        raise ValueError("could not estimate a similarity transform from the landmarks")
-    return m
-
-
-def crop_matrix(landmarks: np.ndarray, kind: str, crop_size: int, context: float) -> np.ndarray:
-    pts, template = alignment_points(landmarks, kind)
-    return similarity(pts, template_to_crop(template, crop_size, context))
-
-
-def compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """2x3 affine ``a`` after ``b`` (apply b first)."""
-    return (np.vstack([a, [0, 0, 1]]) @ np.vstack([b, [0, 0, 1]]))[:2]
-
-
-def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    pts = np.asarray(pts, dtype=np.float64)
-    return pts @ m[:, :2].T + m[:, 2]
-
-
-def warp(img: np.ndarray, m: np.ndarray, size: tuple, *, interpolation: str = "cubic", border: str = "replicate",
-         antialias: bool = True) -> np.ndarray:
-    """Warp a float32 HxWxC (or HxW) array with the 2x3 matrix ``m`` to ``size`` = (width, height).
-
-    When the transform shrinks (scale < 1) the source is low-passed first (Gaussian, sigma = (1/scale - 1) / 2)
-    so detail does not alias; only the region that maps into the output is filtered.
-    """
-    import cv2
-    w_out, h_out = size
-    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
-    src = img
-    if antialias and scale < 0.99:
-        sigma = 0.5 * (1.0 / scale - 1.0)
-        pad = int(math.ceil(3 * sigma)) + 4
-        inv = cv2.invertAffineTransform(m)
-        corners = transform_points(inv, [[0, 0], [w_out, 0], [0, h_out], [w_out, h_out]])
-        x0 = max(int(math.floor(corners[:, 0].min())) - pad, 0)
-        y0 = max(int(math.floor(corners[:, 1].min())) - pad, 0)
-        x1 = min(int(math.ceil(corners[:, 0].max())) + pad, img.shape[1])
-        y1 = min(int(math.ceil(corners[:, 1].max())) + pad, img.shape[0])
-        if x1 <= x0 or y1 <= y0:
-            shape = (h_out, w_out) + img.shape[2:]
-            return np.zeros(shape, dtype=img.dtype)
-        roi = cv2.GaussianBlur(np.ascontiguousarray(img[y0:y1, x0:x1]), (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
-        src = roi
-        m = m.copy()
-        m[:, 2] += m[:, :2] @ np.array([x0, y0], dtype=np.float64)
-    flags = {"cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}[interpolation]
-    bmode = {"replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}[border]
-    out = cv2.warpAffine(np.ascontiguousarray(src), m, (w_out, h_out), flags=flags, borderMode=bmode, borderValue=0)
-    if out.ndim == 2 and img.ndim == 3:
-        out = out[..., None]
-    return out
-
-
-def border_fraction(m: np.ndarray, image_size: tuple, crop_size: int) -> float:
-    """Part of the crop area whose source lies outside the image."""
-    import cv2
-    ones = np.ones(image_size, dtype=np.float32)
-    inside = cv2.warpAffine(ones, m, (crop_size, crop_size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                            borderValue=0)
-    return float(1.0 - inside.mean())
-
-
 def _nearest(faces: list[Face], point: np.ndarray) -> Face | None:
     if not faces:
         return None
@@ -152,7 +75,8 @@ def choose_face(node: str, analyzer: FaceAnalyzer, img: np.ndarray, faces: list[
     if not faces:
         raise MegaPortraitError(node, f"no face was found in {what}.",
                                 "use an image where the whole face is visible (frontal to three-quarter view, at least "
-                                "~64 px wide, not cut by the border), or lower det_threshold in the Face Analysis Loader.")
+                                "~40 px wide, not cut by the border), or lower det_threshold / min_face in the Face "
+                                "Analysis Loader.")
     if selection == "largest":
         i = int(np.argmax([f.area for f in faces]))
     elif selection == "highest score":
@@ -170,8 +94,11 @@ def choose_face(node: str, analyzer: FaceAnalyzer, img: np.ndarray, faces: list[
         i = int(np.argmin(d))
     elif selection == "single (error if several)":
         if len(faces) > 1:
-            raise MegaPortraitError(node, f"{len(faces)} faces were found in {what} but exactly one is expected.",
-                                    "crop the image to one person, or choose selection 'largest' / 'index (left to right)'.")
+            where = ", ".join(f"{f.size:.0f} px at x={f.center[0]:.0f}" for f in faces)
+            raise MegaPortraitError(node, f"{len(faces)} faces found in {what} ({where}); selection 'single (error if "
+                                          "several)' needs exactly one.",
+                                    "use selection 'largest', 'index (left to right)' (0 = leftmost) or 'most similar "
+                                    "to identity', or crop the image to one person.")
         i = 0
     else:
         raise MegaPortraitError(node, f"unknown selection {selection!r}.", f"use one of {list(SELECTIONS)}.")
@@ -191,7 +118,7 @@ def crop_one(node: str, analyzer: FaceAnalyzer, image: torch.Tensor, crop_size: 
     bx = face.bbox
     inside_w = max(0.0, min(bx[2], w) - max(bx[0], 0)) / max(bx[2] - bx[0], 1e-6)
     inside_h = max(0.0, min(bx[3], h) - max(bx[1], 0)) / max(bx[3] - bx[1], 1e-6)
-    pts, _ = alignment_points(face.landmarks, face.kind)
+    pts = face.landmarks[17:] if face.kind == "dlib68" else face.landmarks     # (the jaw line may touch the border)
     margin = 0.08 * face.size
     near_edge = (pts[:, 0] < margin).any() or (pts[:, 1] < margin).any() or (pts[:, 0] > w - margin).any() \
         or (pts[:, 1] > h - margin).any()
@@ -209,7 +136,7 @@ def crop_one(node: str, analyzer: FaceAnalyzer, image: torch.Tensor, crop_size: 
     # landmarks detected on the crop itself: paste-back compares like with like
     expected = transform_points(m, face.landmarks)
     crop8 = (crop * 255.0).round().astype(np.uint8)
-    again = _nearest(analyzer.detect(crop8), transform_points(m, face.center[None])[0])
+    again = _nearest(analyzer.detect(crop8, min_face=crop_size // 5), transform_points(m, face.center[None])[0])
     lm_crop = expected
     if again is not None and again.kind == face.kind and np.abs(again.landmarks - expected).mean() < 0.1 * crop_size:
         lm_crop = again.landmarks

@@ -12,14 +12,13 @@ inpainter. Pixels where the face mask is 0 are exactly the reference's.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from . import align as geometry   # (the module; "align" is also the node input)
 from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log
 from .face_analysis import FaceAnalyzer
-from .face_crop import FACE_ELLIPSE, CropInfo, FaceCrop, compose, similarity, transform_points, warp
+from .face_crop import CropInfo, FaceCrop
 
 MASK_TYPES = ("face ellipse", "landmark hull", "whole crop")
 ALIGN_MODES = ("landmarks", "none")
@@ -36,8 +35,8 @@ def crop_mask(info: CropInfo, mask_type: str, grow: int, feather: int) -> np.nda
     if mask_type == "whole crop":
         m[:] = 1.0
     elif mask_type == "face ellipse":
-        c = info.template_to_crop(FACE_ELLIPSE[0][None])[0]
-        axes = FACE_ELLIPSE[1] * (s / (1.0 + 2.0 * info.context)) / 112.0
+        c = info.template_to_crop(geometry.FACE_ELLIPSE[0][None])[0]
+        axes = geometry.FACE_ELLIPSE[1] * (s / (1.0 + 2.0 * info.context)) / geometry.TEMPLATE_SIZE
         shift = 4   # sub-pixel drawing
         cv2.ellipse(m, (int(round(c[0] * 2 ** shift)), int(round(c[1] * 2 ** shift))),
                     (int(round(axes[0] * 2 ** shift)), int(round(axes[1] * 2 ** shift))), 0, 0, 360, 1.0, -1,
@@ -76,8 +75,7 @@ def seam_band(mask: np.ndarray, width: int, feather: int) -> np.ndarray:
 
 
 def _drift_ok(t: np.ndarray, crop_size: int) -> bool:
-    scale = math.sqrt(abs(np.linalg.det(t[:, :2])))
-    angle = math.degrees(math.atan2(t[1, 0], t[0, 0]))
+    scale, angle = geometry.scale_of(t), geometry.angle_of(t)
     shift = np.linalg.norm(t[:, 2] + (t[:, :2] - np.eye(2)) @ np.array([crop_size / 2, crop_size / 2]))
     return (1 / MAX_DRIFT_SCALE < scale < MAX_DRIFT_SCALE and abs(angle) < MAX_DRIFT_ANGLE and shift < 0.35 * crop_size)
 
@@ -86,17 +84,17 @@ def drift_transform(analyzer: FaceAnalyzer | None, face_img: np.ndarray, info: C
     """Similarity (2x3) from the re-rendered face's crop frame onto the reference crop's landmarks, and a note.
 
     Falls back to the identity (no correction) when no matching face is found on the re-rendered image."""
-    eye = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    eye = geometry.IDENTITY
     if analyzer is None:
         return eye, "no FACE_ANALYSIS: no drift correction"
     s = info.crop_size
     img8 = (np.clip(face_img, 0, 1) * 255).round().astype(np.uint8)
-    faces = [f for f in analyzer.detect(img8) if f.kind == info.kind]
+    faces = [f for f in analyzer.detect(img8, min_face=s // 5) if f.kind == info.kind]
     if not faces:
         return eye, "no face found on the re-rendered image: pasted without drift correction"
     expected = info.landmarks_crop.mean(0)
     face = min(faces, key=lambda f: float(np.linalg.norm(f.landmarks.mean(0) - expected)))
-    t = similarity(face.landmarks, info.landmarks_crop)
+    t = geometry.similarity(face.landmarks, info.landmarks_crop)       # least squares over every landmark
     if not _drift_ok(t, s):
         return eye, "the re-rendered face is too far from the reference pose: pasted without drift correction"
     return t, "aligned on re-detected landmarks"
@@ -141,21 +139,6 @@ def color_match(pasted: torch.Tensor, reference: torch.Tensor, region: torch.Ten
     return _from_lab(out)
 
 
-def _roi(m_crop_to_ref: np.ndarray, crop_size: int, h: int, w: int, margin: int = 3) -> tuple[int, int, int, int]:
-    """Bounding box (x0, y0, x1, y1) in the reference of the crop square mapped back, clamped to the image."""
-    s = crop_size
-    c = transform_points(m_crop_to_ref, [[0, 0], [s, 0], [0, s], [s, s]])
-    x0, y0 = max(int(math.floor(c[:, 0].min())) - margin, 0), max(int(math.floor(c[:, 1].min())) - margin, 0)
-    x1, y1 = min(int(math.ceil(c[:, 0].max())) + margin, w), min(int(math.ceil(c[:, 1].max())) + margin, h)
-    return x0, y0, max(x1, x0), max(y1, y0)
-
-
-def _shift(m: np.ndarray, x0: int, y0: int) -> np.ndarray:
-    out = m.copy()
-    out[:, 2] -= (x0, y0)
-    return out
-
-
 def paste_one(reference: np.ndarray, info: CropInfo, face: np.ndarray, analyzer: FaceAnalyzer | None, align: str,
               mask_type: str, grow: int, feather: int, seam_width: int, color: str) -> tuple:
     """Paste one face (float32 HfxWfx3) onto one reference (float32 HxWxC). Returns (image, mask, seam, note).
@@ -168,24 +151,24 @@ def paste_one(reference: np.ndarray, info: CropInfo, face: np.ndarray, analyzer:
     s = info.crop_size
     fh, fw = face.shape[:2]
     # the re-rendered face may come at another resolution than the crop: bring it to crop pixels
-    to_crop = np.array([[s / fw, 0, 0], [0, s / fh, 0]], dtype=np.float64)
-    face_at_crop = face if (fh, fw) == (s, s) else warp(face, to_crop, (s, s))
+    to_crop = geometry.resize_matrix((fw, fh), (s, s))
+    face_at_crop = face if (fh, fw) == (s, s) else geometry.warp(face, to_crop, (s, s))
     if align == "landmarks":
         t, note = drift_transform(analyzer, face_at_crop, info)
     else:
-        t, note = np.array([[1.0, 0, 0], [0, 1.0, 0]]), "alignment off"
+        t, note = geometry.IDENTITY, "alignment off"
     inv = info.inverse
-    m_face = compose(inv, compose(t, to_crop))                  # face pixel -> reference pixel
-    x0, y0, x1, y1 = _roi(inv, s, h, w)
+    m_face = geometry.compose(inv, geometry.compose(t, to_crop))      # face pixel -> reference pixel
+    x0, y0, x1, y1 = geometry.crop_roi(inv, s, h, w)
     mask = torch.zeros((h, w), dtype=torch.float32)
     seam = torch.zeros((h, w), dtype=torch.float32)
     out = torch.from_numpy(reference.copy())
     if x1 <= x0 or y1 <= y0:
         return out, mask, seam, note
     rw, rh = x1 - x0, y1 - y0
-    pasted = np.clip(warp(face, _shift(m_face, x0, y0), (rw, rh)), 0.0, 1.0)
+    pasted = np.clip(geometry.warp(face, geometry.translate(m_face, -x0, -y0), (rw, rh)), 0.0, 1.0)
     mask_c = crop_mask(info, mask_type, grow, feather)
-    inv_roi = _shift(inv, x0, y0)
+    inv_roi = geometry.translate(inv, -x0, -y0)
     mask_r = np.clip(cv2.warpAffine(mask_c, inv_roi, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                     borderValue=0), 0.0, 1.0)
     seam_c = seam_band(mask_c, seam_width, max(1, feather // 2) if feather else 0)
