@@ -3,6 +3,10 @@
 Photos are never stretched: each is cropped to a square (around the face when a FACE_ANALYSIS is given, else
 centred) and resized to the training resolution. When there are fewer photos than wanted, documented
 augmentations (mirror, zoom/shift, small rotation, brightness/contrast) make up the difference.
+
+Photos are cropped once: a photo that already is such a crop (square, at the resolution, its face where this
+crop would put it: e.g. the output of Load Source Photos reaching the trainer) is passed through untouched. A
+marker on the IMAGE cannot do this: ComfyUI hands nodes plain tensors, and slicing a batch drops attributes.
 """
 from __future__ import annotations
 
@@ -27,14 +31,32 @@ def square_box(h: int, w: int, center: tuple | None = None, side: float | None =
     return x0, y0, s
 
 
+MAX_ENLARGE = 4.0           # a face crop enlarged more than this to reach the resolution is too small to train on
+CROP_TOLERANCE = 0.08       # a photo is already a face crop when its face square is within this of the whole image
+
+
+def face_box(face, face_scale: float) -> tuple[float, float, float]:
+    """The wanted square around a face: centre x, centre y, side (unclamped)."""
+    cx, cy = face.center
+    return cx, cy - 0.1 * face.size, face.size * face_scale      # a little more forehead/hair than chin
+
+
 def face_square(analyzer: FaceAnalyzer, img: np.ndarray, face_scale: float) -> tuple[int, int, int] | None:
     faces = analyzer.detect(img)
     if not faces:
         return None
-    f = max(faces, key=lambda f: f.area)
-    cx, cy = f.center
-    cy -= 0.1 * f.size                      # a little more forehead/hair than chin
-    return square_box(img.shape[0], img.shape[1], (cx, cy), f.size * face_scale)
+    cx, cy, side = face_box(max(faces, key=lambda f: f.area), face_scale)
+    return square_box(img.shape[0], img.shape[1], (cx, cy), side)
+
+
+def is_face_crop(h: int, w: int, resolution: int, wanted: tuple[float, float, float]) -> bool:
+    """True when an HxW photo is already the face crop ``wanted`` (centre x, centre y, side) would make at
+    ``resolution``: square, that size, and the wanted square is the whole photo to within CROP_TOLERANCE."""
+    if h != w or h != resolution:
+        return False
+    cx, cy, side = wanted
+    tol = CROP_TOLERANCE * h
+    return abs(min(side, h) - h) <= tol and abs(cx - w / 2) <= tol and abs(cy - h / 2) <= tol
 
 
 def resize_square(img: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -48,8 +70,11 @@ def resize_square(img: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyzer: FaceAnalyzer | None = None,
                   face_scale: float = 2.2, require_face: bool = True) -> torch.Tensor:
-    """Crop every [H, W, C] photo to a square (face-aware with ``analyzer``) and resize to ``resolution``."""
-    out, missing = [], []
+    """Crop every [H, W, C] photo to a square (around its largest face with ``analyzer``) and resize it to
+    ``resolution``. A photo that already is that face crop is used as it is (cropped once). With ``analyzer``,
+    photos without a usable face (none found, or so small that the crop would be enlarged more than
+    MAX_ENLARGE times) raise an error naming them; with ``require_face=False`` they get a centred crop instead."""
+    out, missing, tiny, kept = [], [], [], 0
     for i, p in enumerate(photos):
         p = p.float()
         if p.shape[-1] == 1:
@@ -58,18 +83,39 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
         h, w = p.shape[:2]
         box = None
         if analyzer is not None:
-            box = face_square(analyzer, to_uint8_rgb(p), face_scale)
-            if box is None:
+            faces = analyzer.detect(to_uint8_rgb(p))
+            if not faces:
                 missing.append(i)
-                continue
+            else:
+                wanted = face_box(max(faces, key=lambda f: f.area), face_scale)
+                if is_face_crop(h, w, resolution, wanted):
+                    out.append(p.clamp(0, 1))
+                    kept += 1
+                    continue
+                box = square_box(h, w, wanted[:2], wanted[2])
+                if resolution / box[2] > MAX_ENLARGE:
+                    tiny.append(f"{i} ({box[2]} px)")
+                    box = None
         if box is None:
             box = square_box(h, w)
         x0, y0, s = box
         out.append(resize_square(p[y0:y0 + s, x0:x0 + s], resolution))
-    if missing and require_face:
-        raise MegaPortraitError(node, f"no face was found in photo(s) {', '.join(map(str, missing))} "
-                                      f"(of {len(photos)}, counted from 0).",
-                                "remove those photos, or disconnect face_analysis to use centred crops.")
+    problems = []
+    if missing:
+        problems.append(f"no face was found in photo(s) {', '.join(map(str, missing))}")
+    if tiny:
+        problems.append(f"the face crop of photo(s) {', '.join(tiny)} would be enlarged more than {MAX_ENLARGE:.0f}x "
+                        f"to {resolution} px")
+    if problems and require_face:
+        raise MegaPortraitError(node, "; ".join(problems) + f" (of {len(photos)}, counted from 0).",
+                                "remove or replace those photos (the face clearly visible, the face crop at least "
+                                f"{resolution / MAX_ENLARGE:.0f} px), lower min_face in the Face Analysis Loader, or "
+                                "disconnect face_analysis to use centred crops.")
+    if problems:
+        log.warning("MegaPortrait %s: %s; centred crops used for them.", node, "; ".join(problems))
+    if kept:
+        log.info("MegaPortrait %s: %d of %d photo(s) already were face crops at %d px: used as they are",
+                 node, kept, len(photos), resolution)
     return torch.stack(out) if out else torch.zeros(0, resolution, resolution, 3)
 
 
