@@ -1,6 +1,6 @@
 """Run every benchmark section (each in its own process) and write results/results.json + results/results.md.
 
-    python bench/run.py [--out bench/results] [--only image_ops,sampling,trainer,pipeline,gpu]
+    python bench/run.py [--out bench/results] [--only image_ops,faces,sampling,trainer,pipeline,gpu]
 """
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = {
     "image_ops": ["bench_image_ops.py"],
+    "faces": ["bench_faces.py"],
     "sampling": ["bench_sampling.py"],
     "trainer": ["bench_trainer.py"],
     "pipeline": ["bench_pipeline.py"],
     "gpu": ["bench_gpu.py"],
 }
-GOALS = {"image_ops": "<= 1.0x OpenCV", "sampling": "no slower than stock; dual-strength <= 0.6x of two KSamplers",
+GOALS = {"image_ops": "<= 1.0x OpenCV", "faces": "every face found; time reported", "sampling": "no slower than stock; dual-strength <= 0.6x of two KSamplers",
          "trainer": ">= 1.0x speed, <= 1.0x memory of a plain peft loop", "pipeline": "<= 1.05x of the stock passes"}
 
 
@@ -69,6 +70,12 @@ def to_markdown(results: list, started: str) -> str:
             for x in r["rows"]:
                 ratio = "-" if x["ratio"] is None else f"{x['ratio']:.2f}x"
                 out.append(f"| {x['op']} | {x['size']} px | {fmt_ms(x['ours_s'])} | {fmt_ms(x['reference_s'])} | {ratio} |")
+        elif name == "faces":
+            out += ["| operation | photo | faces in it | found | time | old shrunken pass: found | time |",
+                    "|---|---|---|---|---|---|---|"]
+            for x in r["rows"]:
+                out.append(f"| {x['op']} | {x['size']} | {x['faces']} | {x['ours_found']} | {fmt_ms(x['ours_s'])} | "
+                           f"{x['old_found']} | {fmt_ms(x['old_s'])} |")
         elif name in ("sampling", "pipeline"):
             out += ["| operation | model | size | ours | stock nodes | ratio |", "|---|---|---|---|---|---|"]
             for x in r["rows"]:
