@@ -21,6 +21,7 @@ from . import lora_comfy as lc
 from . import lora_files as lf
 from . import lora_training as lt
 from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log
+from .families import by_base_model_version, describe_context_dim
 
 IF_EXISTS = ("increment name", "overwrite", "error")
 IF_TRAINED = ("reuse", "train again")
@@ -241,14 +242,14 @@ class LoadIdentityLora:
         lora, meta = lf.load_lora_file(node, path)
         fam = lc.model_family(model)
         trained_on = meta.get("ss_base_model_version", "")
-        if trained_on and trained_on.startswith("sdxl") != fam["base_model_version"].startswith("sdxl"):
+        trained_fam = by_base_model_version(trained_on)
+        if trained_fam is not None and trained_fam.name != fam["name"]:
             raise MegaPortraitError(node, f"{lora_name} was trained on {trained_on} but this MODEL is "
                                           f"{fam['base_model_version']} ({fam['family']}).",
                                     "load the checkpoint family the LoRA was trained on.")
         lora_dim = lf.lora_context_dim(lora)               # files without metadata: the family from the keys
         if lora_dim and fam["context_dim"] and lora_dim != fam["context_dim"]:
-            names = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
-            raise MegaPortraitError(node, f"{lora_name} is a LoRA for {names.get(lora_dim, 'another family')} (text "
+            raise MegaPortraitError(node, f"{lora_name} is a LoRA for {describe_context_dim(lora_dim)} (text "
                                           f"context {lora_dim}) but this MODEL is {fam['family']} (context "
                                           f"{fam['context_dim']}).", "load the checkpoint family the LoRA was trained on.")
         if not any(k.startswith(("lora_unet_", "lora_te")) for k in lora):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import comfy_compat as compat
+from . import families
 from . import lora_training as lt
 from .common import MegaPortraitError, log
 from .lora_files import TRAIN_KEY, export_kohya, import_kohya, lora_parameters
@@ -29,19 +30,19 @@ RESUME_SUFFIX = ".megaportrait-resume"
 
 
 # ------------------------------------------------------------------------------------------- the model
-def model_family(model) -> dict:
-    """Base-model facts for metadata and compatibility checks."""
+def family_of(model) -> families.Family:
+    """The row of the family table for a MODEL."""
     base = model.model
-    cfg_name = type(base.model_config).__name__
     names = {c.__name__ for c in type(base).__mro__}
-    if "SDXL" in names:
-        version = "sdxl_base_v1-0"
-    elif "SD21UNCLIP" in names or cfg_name.startswith("SD2"):
-        version = "sd_v2"
-    else:
-        version = "sd_v1"
-    return {"family": cfg_name, "base_model_version": version, "model_class": type(base).__name__,
-            "context_dim": int(base.model_config.unet_config.get("context_dim") or 0)}
+    return families.by_model_classes(names, int(base.model_config.unet_config.get("context_dim") or 0))
+
+
+def model_family(model) -> dict:
+    """Base-model facts for metadata and compatibility checks (JSON-able)."""
+    base = model.model
+    fam = family_of(model)
+    return {"family": type(base.model_config).__name__, "name": fam.name, "base_model_version": fam.base_model_version,
+            "model_class": type(base).__name__, "context_dim": int(base.model_config.unet_config.get("context_dim") or 0)}
 
 
 def sampling_kind(model_sampling) -> str:
@@ -74,20 +75,22 @@ def check_trainable(node: str, model) -> None:
     if getattr(base, "inpaint_model", False) or getattr(base, "concat_keys", ()):
         raise MegaPortraitError(node, "this MODEL is an inpainting checkpoint (extra input channels).",
                                 "train the identity LoRA on the base (non-inpainting) checkpoint.")
-    if sampling_kind(compat.model_object(model, "model_sampling")) == "flow":
-        raise MegaPortraitError(node, f"this MODEL ({type(base.model_config).__name__}) is a flow-matching model "
-                                      "(Flux, SD3, ...), which the identity LoRA trainer does not support yet.",
+    fam = family_of(model)
+    if not fam.trainable or sampling_kind(compat.model_object(model, "model_sampling")) == "flow":
+        raise MegaPortraitError(node, f"this MODEL ({fam.name}, {type(base.model_config).__name__}) is a flow-matching "
+                                      "model (Flux, SD3, ...), which the identity LoRA trainer does not support yet.",
                                 "train on an SD1.x, SD2.x or SDXL checkpoint (EDM and v-prediction ones included).")
 
 
-def te_modules(te) -> dict:
-    """Text encoders of a ComfyUI CLIP model: {kohya prefix: text transformer module}."""
-    subs = {k: getattr(te, k) for k in ("clip_l", "clip_g", "clip_h") if isinstance(getattr(te, k, None), torch.nn.Module)}
-    if "clip_l" in subs and "clip_g" in subs:
-        return {"lora_te1": subs["clip_l"].transformer, "lora_te2": subs["clip_g"].transformer}
-    if len(subs) == 1:
-        return {"lora_te": next(iter(subs.values())).transformer}
-    raise ValueError(f"unsupported text encoder layout: {sorted(subs)}")
+def te_modules(model, te) -> dict:
+    """Text encoders of a ComfyUI CLIP model: {kohya prefix: text transformer module}, per the family table."""
+    fam = family_of(model)
+    mods = {prefix: getattr(te, attr).transformer for attr, prefix in fam.text_encoders
+            if isinstance(getattr(te, attr, None), torch.nn.Module)}
+    if len(mods) != len(fam.text_encoders):
+        raise ValueError(f"the CLIP has not the text encoders of {fam.name} "
+                         f"({', '.join(a for a, _ in fam.text_encoders)})")
+    return mods
 
 
 # ------------------------------------------------------------------------------------------- train once
@@ -216,7 +219,8 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
         lt.clone_norm_inputs(base.diffusion_model, norms)
         if gradient_checkpointing:
             lt.enable_checkpointing(base.diffusion_model)
-        unet_names = lt.inject_lora(base.diffusion_model, lt.UNET_TARGETS[cfg.target], cfg.rank, cfg.alpha, cfg.seed)
+        fam = family_of(model)
+        unet_names = lt.inject_lora(base.diffusion_model, fam.lora_targets[cfg.target], cfg.rank, cfg.alpha, cfg.seed)
         groups = [{"params": lora_parameters(base.diffusion_model), "lr": cfg.learning_rate}]
         te, te_mods = None, {}
         if te_patcher is not None:
@@ -226,10 +230,10 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
             if getattr(clip, "layer_idx", None) is not None:
                 te.set_clip_options({"layer": clip.layer_idx})
             te.set_clip_options({"execution_device": te_patcher.load_device})   # (ignored where unknown)
-            te_mods = te_modules(te)
+            te_mods = te_modules(model, te)
             te_params = []
             for i, mod in enumerate(te_mods.values()):
-                lt.inject_lora(mod, lt.TE_TARGETS, cfg.rank, cfg.alpha, cfg.seed + 101 + i)
+                lt.inject_lora(mod, fam.te_lora_targets, cfg.rank, cfg.alpha, cfg.seed + 101 + i)
                 te_params += lora_parameters(mod)
             groups.append({"params": te_params, "lr": cfg.text_learning_rate})
         if resumed_sd is not None:
@@ -315,8 +319,7 @@ def lora_metadata(cfg: lt.TrainConfig, family: dict, prompt: str, state: lt.Trai
         "ss_learning_rate": cfg.learning_rate, "ss_text_encoder_lr": cfg.text_learning_rate if cfg.train_text_encoder else 0,
         "ss_resolution": f"({cfg.resolution}, {cfg.resolution})", "ss_num_train_images": n_images,
         "ss_seed": cfg.seed, "ss_training_comment": "MegaPortrait identity LoRA",
-        "modelspec.architecture": ("stable-diffusion-xl-v1-base/lora" if family["base_model_version"].startswith("sdxl")
-                                   else "stable-diffusion-v1/lora"),
+        "modelspec.architecture": families.by_base_model_version(family["base_model_version"]).modelspec_architecture,
         "megaportrait.version": lt.FORMAT_VERSION, "megaportrait.family": family["family"],
         "megaportrait.prompt": prompt, "megaportrait.unet_layers": unet_layers,
         "megaportrait.text_encoder": int(cfg.train_text_encoder), "megaportrait.config": json.dumps(lt.asdict(cfg)),

@@ -21,13 +21,11 @@ import numpy as np
 import torch
 
 from .common import MegaPortraitError, log, require
+from .families import FAMILIES
 from .lora_files import ADAPTER, atomic_save, lora_parameters
 
-UNET_TARGETS = {
-    "attention": r".*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)",
-    "attention + feed-forward": r".*(\.attn[12]\.(to_q|to_k|to_v|to_out\.0)|\.ff\.net\.0\.proj|\.ff\.net\.2)",
-}
-TE_TARGETS = r".*self_attn\.(q_proj|k_proj|v_proj|out_proj)"
+UNET_TARGETS = FAMILIES[0].lora_targets        # the SD UNet's (SD1.x, SD2.x and SDXL share them)
+TE_TARGETS = FAMILIES[0].te_lora_targets
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FORMAT_VERSION = "2"
 

@@ -11,6 +11,7 @@ import torch
 
 from . import comfy_compat
 from .common import MegaPortraitError
+from .families import describe_context_dim
 
 # samplers whose steps depend only on the current latent and sigmas (no history, no random noise): a run can be
 # split at any step and continued with the same result, which lets two branches share model passes
@@ -146,8 +147,7 @@ def check_controlnet(node: str, input_name: str, control_net, model) -> None:
         return
     cn_dim, m_dim = _context_dim_of_controlnet(control_net), model_context_dim(model)
     if cn_dim is not None and m_dim is not None and cn_dim != m_dim:
-        fam = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
         raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for a model with text context {cn_dim} "
-                                      f"({fam.get(cn_dim, 'another family')}) but the MODEL has {m_dim} "
-                                      f"({fam.get(m_dim, 'its family')}).",
+                                      f"({describe_context_dim(cn_dim)}) but the MODEL has {m_dim} "
+                                      f"({describe_context_dim(m_dim)}).",
                                 "load a ControlNet made for the checkpoint's family.")
