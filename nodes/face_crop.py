@@ -14,9 +14,18 @@ import numpy as np
 import torch
 
 from . import align
-# the geometry's old home: these names stay importable from here
-from .align import (FACE_ELLIPSE, TEMPLATE_CENTER, TEMPLATE_SIZE, border_fraction, compose,  # noqa: F401
-                    crop_matrix, similarity, template_to_crop, transform_points, warp)
+from .align import (  # noqa: F401  (the geometry's old home: these names stay importable from here)
+    FACE_ELLIPSE,
+    TEMPLATE_CENTER,
+    TEMPLATE_SIZE,
+    border_fraction,
+    compose,
+    crop_matrix,
+    similarity,
+    template_to_crop,
+    transform_points,
+    warp,
+)
 from .common import CATEGORY, MegaPortraitError, check_image
 from .face_analysis import Face, FaceAnalyzer, identity_embedding, to_uint8_rgb
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import align as geometry   # (the module; "align" is also the node input)
+from . import align as geometry  # (the module; "align" is also the node input)
 from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log
 from .face_analysis import FaceAnalyzer
 from .face_crop import CropInfo, FaceCrop
