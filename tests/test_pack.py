@@ -7,7 +7,8 @@ import textwrap
 from conftest import REPO
 
 
-def test_mappings_and_node_contract(pack):
+def test_mappings_and_node_contract(pack, comfy):
+    """(INPUT_TYPES lists ComfyUI's samplers and model files, so ComfyUI is imported: the ``comfy`` fixture.)"""
     assert pack.NODE_CLASS_MAPPINGS, "no nodes exported"
     assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
