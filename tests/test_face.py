@@ -221,28 +221,33 @@ def test_face_selection(F, dlib_fa, grace, astronaut):
 
 @pytest.fixture(scope="module")
 def group():
-    return image_tensor(os.path.join(EXAMPLES, "nasa_astronaut_group15.jpg"))
+    from synthetic_group import group_canvas
+    img, boxes = group_canvas()
+    return torch.from_numpy(img.astype(np.float32) / 255)[None], boxes
 
 
-def test_group_photo_every_face_at_full_resolution(F, dlib_fa, group):
-    """NASA's Group 15 photo (640x280, 23 people in three rows, faces 30-45 px wide): the search finds all 23,
-    enlarged or not, and index / single count the same faces."""
-    img = u8(group[0])
+def test_group_picture_every_face_at_full_resolution(F, dlib_fa, group):
+    """Six people in two rows on a 1280x886 picture (faces 45-95 px wide, as round a table): the search finds all
+    six where they are, left to right; index and single count the same faces; the old single shrunken pass
+    (faces from 72 px only) misses the small ones."""
+    image, boxes = group
+    img = u8(image[0])
     faces = dlib_fa.detect(img)
-    assert len(faces) == 23, [f.bbox.round() for f in faces]
-    assert min(f.size for f in faces) < 36                      # faces a 72 px HOG window only sees enlarged
-    xs = [f.center[0] for f in faces]
-    assert xs == sorted(xs)                                     # left to right
-    big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)      # the same photo at 1920x840
-    assert len(dlib_fa.detect(big)) == 23
-    # the old one-shrunken-pass behaviour (faces from 72 px) finds none of them: min_face is the knob
-    assert dlib_fa.detect(img, min_face=72) == []
-    _, fc = F.fc.face_crop("t", dlib_fa, group, 128, selection="index (left to right)", index=22, min_face_size=16)
-    assert fc[0].faces_found == 23 and fc[0].bbox[0] > 540             # the rightmost face
-    with pytest.raises(F.Error, match=r"^\[MegaPortrait Face Crop\] 23 faces found in the image \(\d+ px at x=\d+, "):
-        F.fc.face_crop("Face Crop", dlib_fa, group, 128, selection="single (error if several)", min_face_size=16)
-    with pytest.raises(F.Error, match="face index 23 was asked for but the image has 23 face"):
-        F.fc.face_crop("Face Crop", dlib_fa, group, 128, selection="index (left to right)", index=23)
+    assert len(faces) == 6, [f.bbox.round() for f in faces]
+    for f, (x0, y0, x1, y1) in zip(faces, boxes):                   # each face inside its own person, in order
+        assert x0 <= f.center[0] <= x1 and y0 <= f.center[1] <= y1, (f.center, (x0, y0, x1, y1))
+    assert min(f.size for f in faces) < 50
+    big = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)      # the same picture at 2560x1772
+    big_faces = dlib_fa.detect(big)                                 # every person again (a flag may add a false hit)
+    assert all(any(2 * x0 <= f.center[0] <= 2 * x1 and 2 * y0 <= f.center[1] <= 2 * y1 for f in big_faces)
+               for x0, y0, x1, y1 in boxes) and len(big_faces) <= 7
+    assert len(dlib_fa.detect(img, min_face=72)) < 6
+    _, fc = F.fc.face_crop("t", dlib_fa, image, 128, selection="index (left to right)", index=5, min_face_size=16)
+    assert fc[0].faces_found == 6 and boxes[5][0] <= fc[0].bbox[0] <= boxes[5][2]     # the rightmost face
+    with pytest.raises(F.Error, match=r"^\[MegaPortrait Face Crop\] 6 faces found in the image \(\d+ px at x=\d+, "):
+        F.fc.face_crop("Face Crop", dlib_fa, image, 128, selection="single (error if several)", min_face_size=16)
+    with pytest.raises(F.Error, match="face index 6 was asked for but the image has 6 face"):
+        F.fc.face_crop("Face Crop", dlib_fa, image, 128, selection="index (left to right)", index=6)
 
 
 def test_two_people_side_by_side_small(F, dlib_fa, grace, astronaut):
