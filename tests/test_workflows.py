@@ -42,7 +42,7 @@ def test_shipped_files_are_up_to_date(comfy):
     assert sorted(files) == sorted([f"{n}.json" for n in NAMES] + [f"api/{n}.json" for n in NAMES])
     for rel, text in files.items():
         with open(os.path.join(WF_DIR, rel)) as f:
-            assert f.read() == text, f"{rel} is stale: run python workflows/tools/build_workflows.py"
+            assert f.read() == text, f"{rel} is stale: run python tools/build_workflows.py"
 
 
 # ---------------------------------------------------------------- an independent UI -> API conversion (as the frontend)
@@ -383,3 +383,17 @@ def test_runner_set_overrides():
     assert q[runner.nodes_of_type(q, "MegaPortraitHarmonize")[0]]["inputs"]["denoise"] == 0.4
     with pytest.raises(runner.RunnerError, match="no node titled"):
         runner.apply_sets(q, ["Nope.steps=1"])
+
+
+def test_workflows_folder_holds_only_what_users_drag():
+    """ComfyUI serves a pack's workflows/ folder as templates over HTTP: only the UI files, their API forms and the
+    screenshot live there (the runner and the tools are in tools/)."""
+    found = []
+    for root, dirs, files in os.walk(WF_DIR):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [os.path.relpath(os.path.join(root, f), WF_DIR) for f in files]
+    assert found
+    for rel in found:
+        parts = rel.split(os.sep)
+        assert (len(parts) == 1 and rel.endswith((".json", ".png"))) or (parts[0] == "api" and len(parts) == 2
+                                                                         and rel.endswith(".json")), rel

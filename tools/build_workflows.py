@@ -5,8 +5,8 @@ Widget order, output types and names come from the node definitions of a real Co
 so the two formats agree by construction; tests/test_workflows.py also converts every UI file to API form
 independently (as the frontend does) and checks the result against the shipped API file.
 
-    python workflows/tools/build_workflows.py      # rewrite the JSON files (MEGAPORTRAIT_COMFYUI or .host/ComfyUI)
-    python workflows/tools/build_workflows.py --check   # exit 1 if any file is out of date
+    python tools/build_workflows.py      # rewrite the JSON files (MEGAPORTRAIT_COMFYUI or .host/ComfyUI)
+    python tools/build_workflows.py --check   # exit 1 if any file is out of date
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 HERE = os.path.dirname(os.path.realpath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+REPO = os.path.dirname(HERE)
 WF_DIR = os.path.join(REPO, "workflows")
 API_DIR = os.path.join(WF_DIR, "api")
 MODELS = json.load(open(os.path.join(HERE, "models.json")))
@@ -340,7 +340,7 @@ def _pipeline(g: Graph, family: str, model, clip, vae, fa: Node, tile: Node, det
 
 
 TIPS_FULL = ("MegaPortrait, full pipeline.\n\n1. Put 3-20 photos of the person in ComfyUI/input/megaportrait_source/ "
-             "(or run workflows/tools/runner.py, which uploads them).\n2. Load the reference portrait.\n3. Queue. The LoRA is "
+             "(or run tools/runner.py, which uploads them).\n2. Load the reference portrait.\n3. Queue. The LoRA is "
              "saved to models/loras/megaportrait/identity*.safetensors; next time use the 'with identity LoRA' workflow.\n\n"
              "Tweak: reference_denoise (shading) / source_denoise (identity), ControlNet strengths, harmonize denoise. "
              "Keep the trigger word (sks) in the prompt.")

@@ -1,6 +1,6 @@
 """Headless MegaPortrait runner: drive a ComfyUI server with the shipped API workflows.
 
-    python workflows/tools/runner.py --reference ref.jpg --source photos/ --out out/
+    python tools/runner.py --reference ref.jpg --source photos/ --out out/
         [--workflow megaportrait_full] [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI]
         [--download] [--smoke] [--set "Title.input=value" ...]
 
@@ -12,7 +12,7 @@
   prompt when run interactively) it fetches them with huggingface_hub into the ComfyUI's model folders and checks
   their SHA-256 against the hub's. Nothing is downloaded unless asked.
 * --server uses a running ComfyUI with this pack installed; otherwise a ComfyUI (--comfyui, default: the host copy
-  that workflows/tools/setup_env.sh prepares) is started on 127.0.0.1 for the run.
+  that tools/setup_env.sh prepares) is started on 127.0.0.1 for the run.
 * --smoke runs the same pipeline on tiny random models with tiny settings to prove an install end to end. Its
   output is noise, and it says so.
 Exit code 0 on success; otherwise one line on stderr that says what went wrong.
@@ -305,7 +305,7 @@ def start_server(args, log) -> comfy_server.ComfyServer:
     root = os.path.abspath(args.comfyui or DEFAULT_HOST)
     if not os.path.isfile(os.path.join(root, "main.py")):
         raise RunnerError(f"no ComfyUI at {root}: pass --server URL or --comfyui PATH "
-                          "(or run workflows/tools/setup_env.sh to prepare the host copy)")
+                          "(or run tools/setup_env.sh to prepare the host copy)")
     extra_args, models, custom, env = [], {}, [], {}
     cpu = args.cpu
     if not cpu:

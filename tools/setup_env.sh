@@ -11,12 +11,12 @@
 #
 # Both get torch==2.13.0 (pinned through a constraints file, never another torch), the pack's dependencies and
 # the dlib face models (face-recognition-models, installed as a package).
-# Usage: bash workflows/tools/setup_env.sh [--test] [--host 2024|0.33]   (--test adds the test-only dependencies)
+# Usage: bash tools/setup_env.sh [--test] [--host 2024|0.33]   (--test adds the test-only dependencies)
 # Exit status 3 (after one line on stderr): the 0.33 host cannot be had (no source tree, no network).
 # Re-running is cheap: installs are skipped while the requirement files are unchanged (stamp files).
 # Inside a user's own ComfyUI none of this is used: the pack runs on that ComfyUI's torch.
 set -euo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 TORCH_PIN=${MEGAPORTRAIT_TORCH:-torch==2.13.0}
 WITH_TEST=0
@@ -87,7 +87,7 @@ fi
 VPY="$VENV/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-REQS=("$REPO/requirements.txt" "$REPO/workflows/tools/host-requirements.txt")
+REQS=("$REPO/requirements.txt" "$REPO/tools/host-requirements.txt")
 [[ $WITH_TEST == 1 ]] && REQS+=("$REPO/tests/requirements.txt")
 if [[ $HOST_KIND == 0.33 ]]; then
     # ComfyUI's own requirements without torch (pinned above) and the torch packages with no CPU build for this
@@ -128,6 +128,6 @@ fi
 
 if [[ $HOST_KIND == 2024 && ! -f "$HOST/.megaportrait-prepared" ]]; then
     log "extracting the host ComfyUI into $HOST"
-    "$VPY" "$REPO/workflows/tools/prepare_comfy.py" "$HOST"
+    "$VPY" "$REPO/tools/prepare_comfy.py" "$HOST"
 fi
 log "ready: python=$VPY comfyui=$HOST"

@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from typing import Callable
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 PACK_LINK_NAME = "comfyui-megaportrait"
 
 

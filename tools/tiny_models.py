@@ -66,7 +66,7 @@ TINY_SDXL_UNET_CONFIG = {
 
 _registered = None
 _registered_xl = None
-_COMPAT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))),
+_COMPAT = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
                        "nodes", "comfy_compat.py")
 
 

