@@ -280,6 +280,34 @@ def test_runner_smoke_against_server(server, tmp_path, capsys):
 
 
 @pytest.mark.server
+def test_runner_second_run_with_the_same_photos_trains_nothing(server, models_dir, tmp_path, capsys):
+    """The photos go to a folder named by their hash: the same photos, the same folder, so a second run finds the
+    trained LoRA (ComfyUI's cache or the trainer's train-once key) and writes no new one."""
+    import runner
+    photo = tmp_path / "me.png"
+    Image.open(os.path.join(EXAMPLES, "astronaut.png")).rotate(3).save(photo)     # photos no other test uses
+    sub = f"megaportrait_source/{runner.photos_digest([str(photo)])}"
+
+    def loras():
+        root = os.path.join(models_dir, "loras")
+        return {os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns
+                for r, _, fs in os.walk(root) for f in fs if f.endswith(".safetensors")}
+    before = loras()
+    for run in range(2):
+        code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--out", str(tmp_path / f"out{run}"),
+                               "--source", str(photo))
+        assert code == 0, err
+        if run == 0:
+            trained = loras()
+            assert trained != before                                      # the first run trained (and wrote) a LoRA
+    assert loras() == trained                                             # the second trained and wrote nothing
+    assert os.path.isdir(os.path.join(server.input_dir, sub)) and len(os.listdir(os.path.join(server.input_dir, sub))) == 1
+    other = tmp_path / "other.png"
+    Image.open(os.path.join(EXAMPLES, "astronaut.png")).rotate(-3).save(other)
+    assert runner.photos_digest([str(other)]) != runner.photos_digest([str(photo)])
+
+
+@pytest.mark.server
 def test_runner_reports_missing_models(server, tmp_path, capsys):
     code, _, err = run_cli(capsys, "--server", server.url, "--out", str(tmp_path / "o"),
                            "--source", os.path.join(EXAMPLES, "astronaut.png"))

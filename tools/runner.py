@@ -5,7 +5,8 @@
         [--download] [--smoke] [--set "Title.input=value" ...]
 
 * Uploads the reference portrait and the source photos (/upload/image; the photos into
-  input/megaportrait_source/<run id>/), fills the API workflow (nodes are found by title and type), checks that
+  input/megaportrait_source/<hash of the photos>/, so a second run with the same photos hits ComfyUI's cache and
+  the trainer's train-once reuse), fills the API workflow (nodes are found by title and type), checks that
   every model file it names exists on the server, queues it, shows progress from the websocket and downloads the
   outputs into --out.
 * Missing models: it says which file goes in which folder and where to get it; with --download (or a yes at the
@@ -28,7 +29,6 @@ import sys
 import tempfile
 import time
 import urllib.error
-import uuid
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, HERE)
@@ -242,6 +242,17 @@ def collect_images(paths: list[str]) -> list[str]:
     return files
 
 
+def photos_digest(paths: list[str]) -> str:
+    """The upload folder's name for a set of photos: a hash of their names and contents, so the same photos land in
+    the same folder, ComfyUI's cache sees the same inputs, and the trainer finds the LoRA it trained (train once)."""
+    h = hashlib.sha256()
+    for path in sorted(paths, key=os.path.basename):
+        h.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:16]
+
+
 def upload(client: comfy_server.ComfyClient, path: str, subfolder: str = "") -> str:
     if not os.path.isfile(path):
         raise RunnerError(f"image not found: {path}")
@@ -261,12 +272,13 @@ def upload(client: comfy_server.ComfyClient, path: str, subfolder: str = "") -> 
 class Progress:
     """A one-line text progress bar fed by the websocket events."""
 
-    def __init__(self, prompt: dict, stream=sys.stderr):
-        self.prompt, self.stream = prompt, stream
+    def __init__(self, prompt: dict, stream=None):
+        self.prompt = prompt
+        self.stream = stream if stream is not None else sys.stderr   # the current one, not the one at import
         self.done: set = set()
         self.total = len(prompt)
         self.current = ""
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
 
     def __call__(self, typ: str, data: dict) -> None:
         if typ == "executing" and data.get("node") is not None:
@@ -384,7 +396,7 @@ def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
             files = collect_images(args.source or [])
             if not files:
                 raise RunnerError("this workflow trains on source photos: pass --source with photos or a folder of them")
-            sub = f"megaportrait_source/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            sub = f"megaportrait_source/{photos_digest(files)}"
             for f in files:
                 upload(client, f, subfolder=sub)
             for nid in photo_ids:
