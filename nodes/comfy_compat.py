@@ -17,7 +17,7 @@ def model_object(model, name: str):
     """An attribute of the MODEL's BaseModel as sampling sees it, object patches included (e.g. the
     ``model_sampling`` that the ModelSamplingContinuousEDM node sets).
 
-    ``ModelPatcher.get_model_object`` came in spring 2024 (after the early-2024 host); before, object patches
+    ``ModelPatcher.get_model_object`` came in 2024, after the early-2024 host; before, object patches
     were only visible on the BaseModel while the patcher was loaded, so the patch itself is read."""
     get = getattr(model, "get_model_object", None)
     if get is not None:
@@ -27,7 +27,7 @@ def model_object(model, name: str):
 
 
 def ksampler_model(model):
-    """What ``comfy.samplers.KSampler`` takes: the ModelPatcher since spring 2024 (together with
+    """What ``comfy.samplers.KSampler`` takes: the ModelPatcher since 2024 (together with
     ``get_model_object``), the inner BaseModel on the early-2024 host."""
     return model if hasattr(model, "get_model_object") else model.model
 
@@ -67,7 +67,7 @@ def checkpoint_state_dict(base_model, unet_sd: dict, clip_sd: dict | None, vae_s
 def apply_controlnet_advanced(positive, negative, control_net, image: torch.Tensor, strength: float, start: float,
                               end: float, vae=None):
     """The stock ControlNetApplyAdvanced. It takes the VAE (for ControlNets that work in latent space, SD3/Flux)
-    since ComfyUI v0.0.5 (Aug 2024); the early-2024 host has no such input."""
+    since June 2024 (SD3 ControlNet support); the early-2024 host has no such input."""
     import nodes as comfy_nodes
     node = comfy_nodes.ControlNetApplyAdvanced()
     if "vae" in inspect.signature(node.apply_controlnet).parameters:
