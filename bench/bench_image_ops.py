@@ -73,7 +73,10 @@ def main():
         crop_np = crops[0].numpy()
 
         def ours_paste():
-            return paste_back.paste_one(img, info, crop_np, None, "none", "face ellipse", 0, 24, 16, "none")
+            out = t[0].clone()
+            mask, seam = torch.zeros(out.shape[:2]), torch.zeros(out.shape[:2])
+            paste_back.paste_into(out, mask, seam, t[0], info, crop_np, None, "none", "face ellipse", 0, 24, 16, "none")
+            return out, mask, seam
 
         def ref_paste():
             s = 512

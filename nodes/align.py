@@ -165,12 +165,40 @@ def warp(img: np.ndarray, m: np.ndarray, size: tuple, *, interpolation: str = "c
 
 
 def border_fraction(m: np.ndarray, image_size: tuple, crop_size: int) -> float:
-    """Part of the crop area whose source lies outside the image of ``image_size`` = (height, width)."""
-    import cv2
-    ones = np.ones(image_size, dtype=np.float32)
-    inside = cv2.warpAffine(ones, m, (crop_size, crop_size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                            borderValue=0)
-    return float(1.0 - inside.mean())
+    """Part of the crop's pixels whose source lies outside the image of ``image_size`` = (height, width).
+
+    Row by row: along a crop row the source moves on a line, so the inside pixels are one interval (no image-sized
+    buffer is made)."""
+    h, w = image_size
+    inv = invert(m)
+    ys = np.arange(crop_size, dtype=np.float64)
+    lo, hi = np.full(crop_size, 0.0), np.full(crop_size, crop_size - 1.0)
+    for row, size in ((0, w), (1, h)):                 # source coordinate = a * x + (b * y + c), inside [-0.5, size - 0.5)
+        a, b, c = inv[row]
+        off = b * ys + c
+        if abs(a) < 1e-12:
+            out = (off < -0.5) | (off >= size - 0.5)
+            hi[out] = -1.0
+            continue
+        t0, t1 = (-0.5 - off) / a, (size - 0.5 - off) / a
+        lo, hi = np.maximum(lo, np.minimum(t0, t1)), np.minimum(hi, np.maximum(t0, t1) - 1e-9)
+    inside = np.clip(np.floor(hi) - np.ceil(lo) + 1, 0, crop_size)
+    return float(1.0 - inside.sum() / crop_size ** 2)
+
+
+def source_roi(m: np.ndarray, crop_size: int, h: int, w: int) -> tuple[int, int, int, int]:
+    """Region (x0, y0, x1, y1) of an HxW image that :func:`warp` reads for the crop ``m`` (image -> crop): the crop
+    square mapped back, grown by the interpolation support and the anti-aliasing blur's reach, clamped."""
+    scale = scale_of(m)
+    reach = (int(math.ceil(3 * 0.5 * (1.0 / scale - 1.0))) + 4 if scale < 0.99 else 0) + 4
+    return crop_roi(invert(m), crop_size, h, w, margin=reach)
+
+
+def from_region(m: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """``m`` (image -> anything) for the region of the image starting at (x0, y0)."""
+    out = np.array(m, dtype=np.float64, copy=True)
+    out[:, 2] += out[:, :2] @ np.array([x0, y0], dtype=np.float64)
+    return out
 
 
 def crop_roi(m_crop_to_image: np.ndarray, crop_size: int, h: int, w: int, margin: int = 3) -> tuple[int, int, int, int]:

@@ -5,6 +5,11 @@ face's landmarks (5 or 68) on their template in ArcFace's 112x112 alignment fram
 box fills ``1 / (1 + 2 * context)`` of the square crop (the geometry lives in :mod:`.align`). The transform,
 the landmarks (in the original image and as detected again on the crop itself) and the original image size
 travel in FACE_CROP, so paste-back can put the re-rendered face back exactly.
+
+One face per image, or every face of it (a batch of crops, left to right, optionally only the faces that match
+the 'identity' photos): each crop's CropInfo records which image of the batch it came from, so Paste Back puts
+every face of an image back into that one image. Only the region each crop samples is read from the image
+(no copy of the whole frame).
 """
 from __future__ import annotations
 
@@ -26,10 +31,14 @@ from .align import (  # noqa: F401  (the geometry's old home: these names stay i
     transform_points,
     warp,
 )
-from .common import CATEGORY, MegaPortraitError, check_image
+from .common import CATEGORY, MegaPortraitError, check_image, log
 from .face_analysis import Face, FaceAnalyzer, identity_embedding, to_uint8_rgb
 
-SELECTIONS = ("largest", "highest score", "index (left to right)", "most similar to identity", "single (error if several)")
+EVERY_FACE = "every face (left to right)"
+MATCHING = "every face matching identity"
+SELECTIONS = ("largest", "highest score", "index (left to right)", "most similar to identity", "single (error if several)",
+              EVERY_FACE, MATCHING)
+MULTI = (EVERY_FACE, MATCHING)
 
 
 @dataclass
@@ -46,6 +55,7 @@ class CropInfo:
     face_index: int = 0
     faces_found: int = 1
     border_fraction: float = 0.0       # part of the crop that lies outside the original image
+    image_index: int = 0               # which image of the batch given to Face Crop this crop came from
 
     @property
     def scale(self) -> float:
@@ -63,11 +73,22 @@ class CropInfo:
 
 @dataclass
 class FaceCrop:
-    """FACE_CROP: one :class:`CropInfo` per image of the batch the crop node received. Picklable, holds no images."""
+    """FACE_CROP: one :class:`CropInfo` per crop, in the order of the crop batch. Picklable, holds no images.
+
+    ``references``: how many images Face Crop received (0, as in FACE_CROPs made before per-face runs: one per
+    crop); item ``i`` came from image ``items[i].image_index``."""
     items: list = field(default_factory=list)
+    references: int = 0
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def n_references(self) -> int:
+        return self.references or len(self.items)
+
+    def image_index(self, i: int) -> int:
+        return int(getattr(self.items[i], "image_index", 0)) if self.references else i
 
     def __getitem__(self, i) -> CropInfo:
         return self.items[i]
@@ -114,16 +135,11 @@ def choose_face(node: str, analyzer: FaceAnalyzer, img: np.ndarray, faces: list[
     return faces[i], i
 
 
-def crop_one(node: str, analyzer: FaceAnalyzer, image: torch.Tensor, crop_size: int, context: float, selection: str,
-             index: int, identity: np.ndarray | None, min_face_size: int, what: str) -> tuple[np.ndarray, CropInfo]:
-    """Detect, choose and crop the face of one image [H, W, C]. Returns (crop float32 SxSx3, CropInfo)."""
-    rgb8 = to_uint8_rgb(image)
-    h, w = rgb8.shape[:2]
-    faces = analyzer.detect(rgb8)
-    face, i = choose_face(node, analyzer, rgb8, faces, selection, index, identity, what)
+def unusable(face: Face, h: int, w: int, min_face_size: int, what: str) -> tuple[str, str] | None:
+    """(problem, fix) when a face is too small or cut by the image border; None when it can be cropped."""
     if face.size < min_face_size:
-        raise MegaPortraitError(node, f"the face in {what} is only {face.size:.0f} px wide (minimum {min_face_size} px).",
-                                "use a larger or closer photo, or lower min_face_size (quality drops on tiny faces).")
+        return (f"the face in {what} is only {face.size:.0f} px wide (minimum {min_face_size} px).",
+                "use a larger or closer photo, or lower min_face_size (quality drops on tiny faces).")
     bx = face.bbox
     inside_w = max(0.0, min(bx[2], w) - max(bx[0], 0)) / max(bx[2] - bx[0], 1e-6)
     inside_h = max(0.0, min(bx[3], h) - max(bx[1], 0)) / max(bx[3] - bx[1], 1e-6)
@@ -132,16 +148,58 @@ def crop_one(node: str, analyzer: FaceAnalyzer, image: torch.Tensor, crop_size: 
     near_edge = (pts[:, 0] < margin).any() or (pts[:, 1] < margin).any() or (pts[:, 0] > w - margin).any() \
         or (pts[:, 1] > h - margin).any()
     if inside_w * inside_h < 0.9 or near_edge:
-        raise MegaPortraitError(node, f"the face in {what} is cut by the image border "
-                                      f"({100 * (1 - inside_w * inside_h):.0f}% of its box is outside the image).",
-                                "use a photo where the whole face is inside the frame, or pad the image first "
-                                "(e.g. 'Pad Image for Outpainting').")
+        return (f"the face in {what} is cut by the image border "
+                f"({100 * (1 - inside_w * inside_h):.0f}% of its box is outside the image).",
+                "use a photo where the whole face is inside the frame, or pad the image first "
+                "(e.g. 'Pad Image for Outpainting').")
+    return None
+
+
+def choose_faces(node: str, analyzer: FaceAnalyzer, img: np.ndarray, faces: list[Face], selection: str,
+                 identity: np.ndarray | None, min_face_size: int, what: str) -> list[tuple[Face, int]]:
+    """Every usable face (left to right), or those matching ``identity`` (distance below the backend's threshold).
+    Faces too small or cut by the border are left out (logged); none left is an error."""
+    h, w = img.shape[:2]
+    if not faces:
+        choose_face(node, analyzer, img, faces, "largest", 0, None, what)            # the no-face error
+    if selection == MATCHING:
+        if identity is None:
+            raise MegaPortraitError(node, f"selection '{MATCHING}' needs the 'identity' image input.",
+                                    "connect photos of the person to 'identity', or choose another selection.")
+        d = [analyzer.distance(identity, analyzer.embed(img, f)) for f in faces]
+        picked = [(f, i) for i, f in enumerate(faces) if d[i] < analyzer.threshold]
+        if not picked:
+            best = int(np.argmin(d))
+            raise MegaPortraitError(node, f"none of the {len(faces)} face(s) in {what} matches the identity photos "
+                                          f"(closest: the face at x={faces[best].center[0]:.0f}, distance {d[best]:.2f}; "
+                                          f"threshold {analyzer.threshold}).",
+                                    "connect photos of a person in the image, or use 'most similar to identity'.")
+    else:
+        picked = list(zip(faces, range(len(faces))))
+    usable, skipped = [], []
+    for f, i in picked:
+        why = unusable(f, h, w, min_face_size, f"{what} (face {i}, x={f.center[0]:.0f})")
+        (skipped if why else usable).append(why or (f, i))
+    if not usable:
+        problem, fix = skipped[0]
+        raise MegaPortraitError(node, f"no usable face in {what}: {problem}", fix)
+    for problem, _ in skipped:
+        log.warning("MegaPortrait %s: left out: %s", node, problem)
+    return usable
+
+
+def crop_face(analyzer: FaceAnalyzer, image: torch.Tensor, face: Face, i: int, n_faces: int, crop_size: int,
+              context: float) -> tuple[np.ndarray, CropInfo]:
+    """The aligned crop of one detected face of ``image`` [H, W, C], read from the region it maps from only."""
+    h, w = image.shape[:2]
     m = crop_matrix(face.landmarks, face.kind, crop_size, context)
-    src = image.detach().float().cpu()
+    x0, y0, x1, y1 = align.source_roi(m, crop_size, h, w)
+    src = image[y0:y1, x0:x1].detach().float().cpu()
     if src.shape[-1] == 1:
         src = src.expand(*src.shape[:-1], 3)
-    src = np.ascontiguousarray(src[..., :3].numpy())
-    crop = np.clip(warp(src, m, (crop_size, crop_size)), 0.0, 1.0)
+    src = np.ascontiguousarray(src[..., :3].numpy())                    # the region only
+    crop = np.clip(warp(src, align.from_region(m, x0, y0), (crop_size, crop_size)), 0.0, 1.0) \
+        if src.size else np.zeros((crop_size, crop_size, 3), np.float32)
     # landmarks detected on the crop itself: paste-back compares like with like
     expected = transform_points(m, face.landmarks)
     crop8 = (crop * 255.0).round().astype(np.uint8)
@@ -151,42 +209,66 @@ def crop_one(node: str, analyzer: FaceAnalyzer, image: torch.Tensor, crop_size: 
         lm_crop = again.landmarks
     info = CropInfo(matrix=m, crop_size=crop_size, image_size=(h, w), landmarks=face.landmarks.copy(),
                     landmarks_crop=np.asarray(lm_crop, dtype=np.float64), kind=face.kind, bbox=face.bbox.copy(),
-                    context=context, face_index=i, faces_found=len(faces),
+                    context=context, face_index=i, faces_found=n_faces,
                     border_fraction=border_fraction(m, (h, w), crop_size))
     return crop.astype(np.float32), info
+
+
+def crop_image(node: str, analyzer: FaceAnalyzer, image: torch.Tensor, crop_size: int, context: float, selection: str,
+               index: int, identity: np.ndarray | None, min_face_size: int, what: str) -> list[tuple[np.ndarray, CropInfo]]:
+    """Detect, choose and crop the face(s) of one image [H, W, C]: [(crop float32 SxSx3, CropInfo)], left to right."""
+    rgb8 = to_uint8_rgb(image)
+    h, w = rgb8.shape[:2]
+    faces = analyzer.detect(rgb8)
+    if selection in MULTI:
+        chosen = choose_faces(node, analyzer, rgb8, faces, selection, identity, min_face_size, what)
+    else:
+        face, i = choose_face(node, analyzer, rgb8, faces, selection, index, identity, what)
+        why = unusable(face, h, w, min_face_size, what)
+        if why:
+            raise MegaPortraitError(node, *why)
+        chosen = [(face, i)]
+    del rgb8
+    return [crop_face(analyzer, image, f, i, len(faces), crop_size, context) for f, i in chosen]
 
 
 def face_crop(node: str, analyzer: FaceAnalyzer, images: torch.Tensor, crop_size: int = 512, context: float = 0.25,
               selection: str = "largest", index: int = 0, identity: torch.Tensor | None = None,
               min_face_size: int = 48) -> tuple[torch.Tensor, FaceCrop]:
-    """Aligned square face crops [B, S, S, 3] of a batch and the FACE_CROP that undoes them."""
+    """Aligned square face crops [N, S, S, 3] of a batch (one per image, or every chosen face of each image, left
+    to right) and the FACE_CROP that undoes them."""
     images = check_image(node, images, "image")
+    if selection not in SELECTIONS:
+        raise MegaPortraitError(node, f"unknown selection {selection!r}.", f"use one of {list(SELECTIONS)}.")
     ident = identity_embedding(node, analyzer, identity, "identity") if identity is not None else None
     crops, infos = [], []
     for b in range(images.shape[0]):
         what = "the image" if images.shape[0] == 1 else f"image {b} of the batch"
-        c, info = crop_one(node, analyzer, images[b], crop_size, context, selection, index, ident, min_face_size, what)
-        crops.append(torch.from_numpy(c))
-        infos.append(info)
-    return torch.stack(crops), FaceCrop(infos)
+        for c, info in crop_image(node, analyzer, images[b], crop_size, context, selection, index, ident, min_face_size,
+                                  what):
+            info.image_index = b
+            crops.append(torch.from_numpy(c))
+            infos.append(info)
+    return torch.stack(crops), FaceCrop(infos, references=int(images.shape[0]))
 
 
 class FaceCropNode:
-    DESCRIPTION = ("Finds the face in the reference image and outputs an aligned square crop (eyes level, fixed scale) "
-                   "plus a FACE_CROP that Paste Back uses to put the re-rendered face back exactly.")
+    DESCRIPTION = ("Finds the face (or every face) in the reference image and outputs aligned square crops (eyes level, "
+                   "fixed scale) plus a FACE_CROP that Paste Back uses to put the re-rendered faces back exactly.")
     CATEGORY = f"{CATEGORY}/Face"
     RETURN_TYPES = ("IMAGE", "FACE_CROP")
     RETURN_NAMES = ("face", "face_crop")
-    OUTPUT_TOOLTIPS = ("Aligned square face crop(s), RGB, crop_size x crop_size.",
-                       "Transform, landmarks and image size for Paste Back.")
+    OUTPUT_TOOLTIPS = ("Aligned square face crop(s), RGB, crop_size x crop_size: one per image, or with an 'every "
+                       "face' selection every chosen face of each image, left to right.",
+                       "Transform, landmarks, image size and source image of every crop, for Paste Back.")
     FUNCTION = "crop"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "From the Face Analysis Loader."}),
-            "image": ("IMAGE", {"tooltip": "The reference portrait (batch: one face per image). Grayscale is used as RGB; "
-                                           "alpha is ignored."}),
+            "image": ("IMAGE", {"tooltip": "The reference portrait or group photo (a batch is cropped image by image). "
+                                           "Grayscale is used as RGB; alpha is ignored."}),
             "crop_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip":
                           "Side of the square crop in pixels (a multiple of 8 for the VAE). 512 for SD1.5, 1024 for SDXL."}),
             "context": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip":
@@ -194,14 +276,17 @@ class FaceCropNode:
                         "and chin; larger includes more shoulders/background."}),
             "selection": (list(SELECTIONS), {"default": "largest", "tooltip":
                           "Which face when several are found: largest box, highest detector score, by index counted "
-                          "left to right, most similar to the 'identity' photos, or exactly one (error otherwise)."}),
+                          "left to right, most similar to the 'identity' photos, exactly one (error otherwise); or "
+                          "several: every face (a batch of crops, left to right; too small or border-cut faces are "
+                          "left out), or every face matching the 'identity' photos."}),
             "index": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip":
                       "Face number (0 = leftmost) for selection 'index (left to right)'."}),
             "min_face_size": ("INT", {"default": 48, "min": 8, "max": 4096, "tooltip":
                               "Smallest accepted face (box side in pixels); smaller faces raise an error instead of "
                               "producing a blurry crop."}),
         }, "optional": {
-            "identity": ("IMAGE", {"tooltip": "Photos of the person to pick for selection 'most similar to identity'."}),
+            "identity": ("IMAGE", {"tooltip": "Photos of the person to pick for the selections 'most similar to "
+                                              "identity' and 'every face matching identity'."}),
         }}
 
     def crop(self, face_analysis, image, crop_size, context, selection, index, min_face_size, identity=None):

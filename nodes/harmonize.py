@@ -3,6 +3,8 @@
 Inpainting with the (identity) model fuses the pasted face with the body: the seam (or face) mask is grown and
 feathered, optionally only a padded box around it is sampled at a working resolution (fast on 2048 px images),
 the result is stitched back with the feathered mask, and every pixel where that mask is 0 is exactly the input's.
+A mask of several separate parts (the union of the seams of every face of a group photo) is sampled part by part,
+each in its own box, left to right, so each face keeps the working resolution.
 """
 from __future__ import annotations
 
@@ -40,6 +42,18 @@ def mask_box(m: torch.Tensor, padding: float) -> tuple[int, int, int, int]:
     return max(0, x0 - px), max(0, y0 - py), min(w, x1 + px), min(h, y1 + py)
 
 
+def mask_parts(m: torch.Tensor) -> list[torch.Tensor]:
+    """The separate parts (8-connected support) of a prepared mask, left to right: each the mask with the others
+    zeroed. One part (or an empty mask) gives the mask itself."""
+    import cv2
+    n, labels = cv2.connectedComponents((m > 0).numpy().astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return [m]
+    lab = torch.from_numpy(labels)
+    parts = [torch.where(lab == k, m, torch.zeros_like(m)) for k in range(1, n)]
+    return sorted(parts, key=lambda p: int(torch.nonzero(p > 0)[:, 1].min()))
+
+
 def working_size(bw: int, bh: int, resolution: int) -> tuple[int, int]:
     """Size (multiples of 8) of a bw x bh box scaled so that its longer side is ``resolution``."""
     s = resolution / max(bw, bh)
@@ -68,19 +82,32 @@ def inpaint_hint(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def harmonize_one(node: str, model, positive, negative, vae, image: torch.Tensor, mask: torch.Tensor, seed: int,
                   steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float, grow: int, feather: int,
                   crop_to_mask: bool, padding: float, resolution: int, control_net=None, control_strength: float = 1.0):
-    """One image [H, W, C] and mask [H, W] -> (image [H, W, C], sampled latent dict)."""
-    import nodes as comfy_nodes
-    h, w = image.shape[:2]
+    """One image [H, W, C] and mask [H, W] -> (image [H, W, C], [sampled latent dict per part]). With crop_to_mask,
+    every separate part of the mask is sampled in its own box (the same seed), left to right."""
     m = prepare_mask(mask, grow, feather)
     if float(m.max()) <= 0.0 or denoise <= 0:
-        return image.clone(), None
+        return image.clone(), []
+    out = image.clone()
+    latents = []
+    for part in (mask_parts(m) if crop_to_mask else [m]):
+        lat = _sample_part(model, positive, negative, vae, out, part, seed, steps, cfg, sampler_name, scheduler, denoise,
+                           crop_to_mask, padding, resolution, control_net, control_strength)
+        latents.append(lat)
+    return out, latents
+
+
+def _sample_part(model, positive, negative, vae, out: torch.Tensor, m: torch.Tensor, seed, steps, cfg, sampler_name,
+                 scheduler, denoise, crop_to_mask, padding, resolution, control_net, control_strength) -> dict:
+    """Inpaint where the prepared mask ``m`` [H, W] is > 0 and stitch the result into ``out`` [H, W, C] in place."""
+    import nodes as comfy_nodes
+    h, w = out.shape[:2]
     if crop_to_mask:
         x0, y0, x1, y1 = mask_box(m, padding)
         ww, wh = working_size(x1 - x0, y1 - y0, resolution)
     else:
         x0, y0, x1, y1 = 0, 0, w, h
         ww, wh = int(math.ceil(w / 8) * 8), int(math.ceil(h / 8) * 8)
-    box_img = image[y0:y1, x0:x1, :3][None]
+    box_img = out[y0:y1, x0:x1, :3][None].clone()
     box_m = m[y0:y1, x0:x1]
     if crop_to_mask:
         work = _resize(box_img, ww, wh)
@@ -97,15 +124,13 @@ def harmonize_one(node: str, model, positive, negative, vae, image: torch.Tensor
                                           denoise=denoise)[0]
     gen = decode(vae, sampled["samples"])
     gen = _resize(gen, x1 - x0, y1 - y0) if crop_to_mask else gen[:, : y1 - y0, : x1 - x0]
-    out = image.clone()
     mb = box_m[..., None].to(out.dtype)
     blend = box_img[0] * (1 - mb) + gen[0].to(out.dtype) * mb
-    region = out[y0:y1, x0:x1, :3]
     keep = (box_m == 0)
-    blend[keep] = region[keep]                      # exactly the input where the (feathered) mask is 0
+    blend[keep] = box_img[0][keep]                  # exactly the input where the (feathered) mask is 0
     out[y0:y1, x0:x1, :3] = blend
     sampled.pop("noise_mask", None)
-    return out, sampled
+    return sampled
 
 
 class Harmonize:
@@ -117,7 +142,8 @@ class Harmonize:
     RETURN_NAMES = ("image", "latent")
     OUTPUT_TOOLTIPS = ("The harmonized image, same size as the input.",
                        "The sampled latent of the region that was inpainted (the crop box at working resolution when "
-                       "crop_to_mask is on; the whole image padded to multiples of 8 otherwise).")
+                       "crop_to_mask is on; the whole image padded to multiples of 8 otherwise; the output image's "
+                       "latent when the mask has several parts).")
     FUNCTION = "harmonize"
 
     @classmethod
@@ -129,7 +155,8 @@ class Harmonize:
             "vae": ("VAE", {"tooltip": "Encodes and decodes the region."}),
             "image": ("IMAGE", {"tooltip": "The composite from Paste Back (any size)."}),
             "mask": ("MASK", {"tooltip": "Where to inpaint: Paste Back's seam_mask (default use) or face_mask; same size "
-                                         "as the image."}),
+                                         "as the image. Separate parts (the seams of several faces) are sampled one by "
+                                         "one, each in its own box."}),
         }
         req.update(sampling_inputs(steps=20, cfg=5.0, sampler="euler", scheduler="karras"))
         req.update({
@@ -140,7 +167,8 @@ class Harmonize:
             "feather": ("INT", {"default": 16, "min": 0, "max": 512, "tooltip":
                         "Soft edge of the stitch, in pixels; outside grow + feather the image is untouched."}),
             "crop_to_mask": ("BOOLEAN", {"default": True, "tooltip":
-                             "Sample only a padded box around the mask at working_resolution (fast on large images)."}),
+                             "Sample only a padded box around the mask at working_resolution (fast on large images); "
+                             "one box per separate part of the mask."}),
             "padding": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 4.0, "step": 0.05, "tooltip":
                         "Context around the mask box, as a fraction of its size, when crop_to_mask is on."}),
             "working_resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip":
@@ -166,14 +194,15 @@ class Harmonize:
             check_controlnet(node, "control_net", control_net, model)
         images, latents = [], []
         for i in range(image.shape[0]):
-            out, lat = harmonize_one(node, model, positive, negative, vae, image[i], mask[i], (seed + i) % 2 ** 64, steps, cfg,
-                                     sampler_name, scheduler, denoise, grow, feather, crop_to_mask, padding,
-                                     working_resolution, control_net, control_strength)
+            out, lats = harmonize_one(node, model, positive, negative, vae, image[i], mask[i], (seed + i) % 2 ** 64, steps,
+                                      cfg, sampler_name, scheduler, denoise, grow, feather, crop_to_mask, padding,
+                                      working_resolution, control_net, control_strength)
             images.append(out)
-            latents.append(lat)
+            latents.append(lats[0] if len(lats) == 1 else None)
         shapes = {tuple(lat["samples"].shape[1:]) for lat in latents if lat is not None}
         if any(lat is None for lat in latents) or len(shapes) != 1:
-            # nothing sampled (empty mask / denoise 0) or boxes of different sizes: the latent of the output image
+            # nothing sampled (empty mask / denoise 0), a mask of several parts or boxes of different sizes: the
+            # latent of the output image
             lat_out = {"samples": vae.encode(_pad8(torch.stack(images)))}
         else:
             lat_out = {"samples": torch.cat([lat["samples"] for lat in latents])}

@@ -8,7 +8,9 @@
    or shrink, feather), optionally after matching its colour/luminance to the reference face.
 
 Outputs: the composite, the face mask and a seam mask (a band around the mask edge) for the harmonization
-inpainter. Pixels where the face mask is 0 are exactly the reference's.
+inpainter. Pixels where the face mask is 0 are exactly the reference's. A FACE_CROP of several faces of one image
+(Face Crop's 'every face' selections) puts all of them back into that one image in one pass, left to right; the
+masks are then the union of the faces' masks and seams.
 """
 from __future__ import annotations
 
@@ -139,13 +141,14 @@ def color_match(pasted: torch.Tensor, reference: torch.Tensor, region: torch.Ten
     return _from_lab(out)
 
 
-def paste_one(reference: np.ndarray, info: CropInfo, face: np.ndarray, analyzer: FaceAnalyzer | None, align: str,
-              mask_type: str, grow: int, feather: int, seam_width: int, color: str) -> tuple:
-    """Paste one face (float32 HfxWfx3) onto one reference (float32 HxWxC). Returns (image, mask, seam, note).
+def paste_into(out: torch.Tensor, mask: torch.Tensor, seam: torch.Tensor, reference: torch.Tensor, info: CropInfo,
+               face: np.ndarray, analyzer: FaceAnalyzer | None, align: str, mask_type: str, grow: int, feather: int,
+               seam_width: int, color: str) -> str:
+    """Paste one face (float32 HfxWfx3) into ``out`` [H, W, C] (a copy of ``reference``, perhaps holding other pasted
+    faces already), in place; its mask and seam join ``mask`` and ``seam`` [H, W] (union: the maximum). Returns a note.
 
-    Only the region the crop square maps to is touched (warped, colour-matched, blended); everything else is a
-    copy of the reference, and inside that region pixels with mask 0 keep the reference's exact values
-    (ref * 1 + face * 0)."""
+    Only the region the crop square maps to is read and written (warped, colour-matched against ``reference``,
+    blended); inside it pixels with mask 0 keep their values exactly (x * 1 + face * 0)."""
     import cv2
     h, w = info.image_size
     s = info.crop_size
@@ -160,11 +163,8 @@ def paste_one(reference: np.ndarray, info: CropInfo, face: np.ndarray, analyzer:
     inv = info.inverse
     m_face = geometry.compose(inv, geometry.compose(t, to_crop))      # face pixel -> reference pixel
     x0, y0, x1, y1 = geometry.crop_roi(inv, s, h, w)
-    mask = torch.zeros((h, w), dtype=torch.float32)
-    seam = torch.zeros((h, w), dtype=torch.float32)
-    out = torch.from_numpy(reference.copy())
     if x1 <= x0 or y1 <= y0:
-        return out, mask, seam, note
+        return note
     rw, rh = x1 - x0, y1 - y0
     pasted = np.clip(geometry.warp(face, geometry.translate(m_face, -x0, -y0), (rw, rh)), 0.0, 1.0)
     mask_c = crop_mask(info, mask_type, grow, feather)
@@ -174,58 +174,71 @@ def paste_one(reference: np.ndarray, info: CropInfo, face: np.ndarray, analyzer:
     seam_c = seam_band(mask_c, seam_width, max(1, feather // 2) if feather else 0)
     seam_r = np.clip(cv2.warpAffine(seam_c, inv_roi, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                     borderValue=0), 0.0, 1.0)
-    ref_rgb = torch.from_numpy(np.ascontiguousarray(reference[y0:y1, x0:x1, :3]))
-    pasted_t = color_match(torch.from_numpy(pasted), ref_rgb, torch.from_numpy(mask_r > 0.5), color)
+    ref_rgb = reference[y0:y1, x0:x1, :3]
+    if ref_rgb.shape[-1] == 1:
+        ref_rgb = ref_rgb.expand(rh, rw, 3)
+    pasted_t = color_match(torch.from_numpy(pasted), ref_rgb.contiguous(), torch.from_numpy(mask_r > 0.5), color)
     mt = torch.from_numpy(mask_r)[..., None]
-    out[y0:y1, x0:x1, :3] = ref_rgb * (1.0 - mt) + pasted_t * mt
-    mask[y0:y1, x0:x1] = torch.from_numpy(mask_r)
-    seam[y0:y1, x0:x1] = torch.from_numpy(seam_r)
-    return out, mask, seam, note
+    region = out[y0:y1, x0:x1, :3]
+    region.copy_(region * (1.0 - mt) + pasted_t * mt)
+    torch.maximum(mask[y0:y1, x0:x1], torch.from_numpy(mask_r), out=mask[y0:y1, x0:x1])
+    torch.maximum(seam[y0:y1, x0:x1], torch.from_numpy(seam_r), out=seam[y0:y1, x0:x1])
+    return note
 
 
 def paste_back(node: str, reference: torch.Tensor, face_crop: FaceCrop, face: torch.Tensor,
                analyzer: FaceAnalyzer | None = None, align: str = "landmarks", mask_type: str = "face ellipse",
                grow: int = 0, feather: int = 24, seam_width: int = 16, color: str = "none"):
-    """Batch paste-back. Pairs reference[i] with face[i]; one reference with a batch of faces gives one composite
-    per face. Returns (images [B,H,W,C], masks [B,H,W], seams [B,H,W], notes)."""
+    """Batch paste-back: face[i] goes back where crop i of the FACE_CROP was cut, into the reference image that
+    crop came from, so every face of an image (Face Crop's 'every face' selections) lands in one composite; a
+    FACE_CROP of one crop with a batch of faces gives one composite per face. Returns (images [B,H,W,C], masks
+    [B,H,W], seams [B,H,W] (each the union over the image's faces), notes (one per face)).
+
+    Memory: the outputs are allocated once and faces are pasted into them region by region (no other copy of a
+    whole image is made)."""
     reference = check_image(node, reference, "reference")
     face = check_image(node, face, "face")
     if not isinstance(face_crop, FaceCrop) or len(face_crop) == 0:
         raise MegaPortraitError(node, "'face_crop' is not a FACE_CROP.", "connect the face_crop output of Face Crop.")
     n_ref, n_face, n_crop = reference.shape[0], face.shape[0], len(face_crop)
-    if n_ref != n_crop:
-        raise MegaPortraitError(node, f"the reference batch has {n_ref} image(s) but the FACE_CROP describes {n_crop}.",
+    n_img = face_crop.n_references
+    if n_ref != n_img:
+        raise MegaPortraitError(node, f"the reference batch has {n_ref} image(s) but the FACE_CROP describes {n_img}.",
                                 "connect the same reference image that went into Face Crop.")
-    if n_face != n_crop and n_crop != 1:
+    broadcast = n_crop == 1 and n_face > 1
+    if n_face != n_crop and not broadcast:
         raise MegaPortraitError(node, f"{n_face} face(s) for {n_crop} crop(s): batch sizes must match.",
-                                "feed one re-rendered face per cropped reference, or a single reference with any number "
-                                "of faces.")
+                                "feed one re-rendered face per crop of Face Crop (in its order), or a single crop with "
+                                "any number of faces.")
     if face.shape[1] != face.shape[2]:
         raise MegaPortraitError(node, f"the face image is {face.shape[2]}x{face.shape[1]}, not square.",
                                 "paste back the square face crop (or its re-rendering at any square size).")
-    ref_np = reference.detach().float().cpu()
-    if ref_np.shape[-1] == 1:
-        ref_np = ref_np.expand(*ref_np.shape[:-1], 3)
-    ref_np = ref_np.numpy()
-    images, masks, seams, notes = [], [], [], []
-    for i in range(max(n_face, n_crop)):
-        k = 0 if n_crop == 1 else i
-        info = face_crop[k]
+    for info in face_crop.items:
         if tuple(info.image_size) != tuple(reference.shape[1:3]):
             raise MegaPortraitError(node, f"the reference is {reference.shape[2]}x{reference.shape[1]} but the FACE_CROP "
                                           f"was made from a {info.image_size[1]}x{info.image_size[0]} image.",
                                     "connect the image that went into Face Crop as 'reference'.")
-        f = face[min(i, n_face - 1)].detach().float().cpu()
-        if f.shape[-1] == 1:
-            f = f.expand(*f.shape[:-1], 3)
-        f = np.ascontiguousarray(f[..., :3].numpy())
-        img, m, sm, note = paste_one(np.ascontiguousarray(ref_np[k]), info, f, analyzer, align, mask_type, int(grow),
-                                     int(feather), int(seam_width), color)
-        images.append(img)
-        masks.append(m)
-        seams.append(sm)
-        notes.append(note)
-    return torch.stack(images), torch.stack(masks), torch.stack(seams), notes
+    ref = reference.detach().cpu()
+    if ref.dtype != torch.float32:
+        ref = ref.float()
+    _, h, w, c = ref.shape
+    # output k: (reference image, [crop items pasted into it])
+    jobs = [(0, [0])] * n_face if broadcast else \
+        [(k, [i for i in range(n_crop) if face_crop.image_index(i) == k]) for k in range(n_img)]
+    images = torch.empty((len(jobs), h, w, 3 if c == 1 else c), dtype=torch.float32)
+    masks = torch.zeros((len(jobs), h, w), dtype=torch.float32)
+    seams = torch.zeros((len(jobs), h, w), dtype=torch.float32)
+    notes = []
+    for j, (k, items) in enumerate(jobs):
+        images[j].copy_(ref[k].expand(h, w, images.shape[-1]))
+        for i in items:
+            f = face[j if broadcast else i].detach().float().cpu()
+            if f.shape[-1] == 1:
+                f = f.expand(*f.shape[:-1], 3)
+            f = np.ascontiguousarray(f[..., :3].numpy())
+            notes.append(paste_into(images[j], masks[j], seams[j], ref[k], face_crop[i], f, analyzer, align, mask_type,
+                                    int(grow), int(feather), int(seam_width), color))
+    return images, masks, seams, notes
 
 
 class PasteBackNode:
@@ -235,17 +248,18 @@ class PasteBackNode:
     CATEGORY = f"{CATEGORY}/Face"
     RETURN_TYPES = ("IMAGE", "MASK", "MASK")
     RETURN_NAMES = ("image", "face_mask", "seam_mask")
-    OUTPUT_TOOLTIPS = ("Reference with the new face; pixels outside face_mask are unchanged.",
-                       "Soft mask of the pasted face in the reference frame.",
-                       "Band around the face mask's edge: inpaint this to harmonize the seam.")
+    OUTPUT_TOOLTIPS = ("Reference with the new face(s); pixels outside face_mask are unchanged.",
+                       "Soft mask of the pasted face(s) in the reference frame (the union over the image's faces).",
+                       "Band around the face mask's edge (every face's): inpaint this to harmonize the seams.")
     FUNCTION = "paste"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "reference": ("IMAGE", {"tooltip": "The full reference portrait that went into Face Crop."}),
-            "face_crop": ("FACE_CROP", {"tooltip": "From Face Crop: how the crop was made."}),
-            "face": ("IMAGE", {"tooltip": "The re-rendered face (square; any size, e.g. the Shading sampler's output)."}),
+            "face_crop": ("FACE_CROP", {"tooltip": "From Face Crop: how each crop was made and which image it came from."}),
+            "face": ("IMAGE", {"tooltip": "The re-rendered face(s) (square; any size, e.g. the Shading sampler's output): "
+                                          "one per crop, in Face Crop's order; all faces of one image go back into it."}),
             "align": (list(ALIGN_MODES), {"default": "landmarks", "tooltip":
                       "landmarks: re-detect the face and correct its pose drift (needs face_analysis). none: paste the "
                       "crop exactly where it was cut."}),
