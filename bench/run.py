@@ -1,6 +1,6 @@
 """Run every benchmark section (each in its own process) and write results/results.json + results/results.md.
 
-    python bench/run.py [--out bench/results] [--only image_ops,faces,sampling,trainer,pipeline,gpu]
+    python bench/run.py [--out bench/results] [--only image_ops,faces,face_memory,sampling,trainer,pipeline,gpu]
 """
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ SECTIONS = {
     "trainer": ["bench_trainer.py"],
     "pipeline": ["bench_pipeline.py"],
     "gpu": ["bench_gpu.py"],
+    "face_memory": ["bench_face_memory.py"],
 }
 GOALS = {"image_ops": "<= 1.0x OpenCV", "faces": "every face found; time reported", "sampling": "no slower than stock; dual-strength <= 0.6x of two KSamplers",
-         "trainer": ">= 1.0x speed, <= 1.0x memory of a plain peft loop", "pipeline": "<= 1.05x of the stock passes"}
+         "trainer": ">= 1.0x speed, <= 1.0x memory of a plain peft loop", "pipeline": "<= 1.05x of the stock passes",
+         "face_memory": "peak <= 3x the image's float size"}
 
 
 def run_section(name: str) -> dict:
@@ -89,6 +91,12 @@ def to_markdown(results: list, started: str) -> str:
                 out.append(f"| peak RSS (process) | {x['ours_peak_rss_mb']:.0f} MB | {x['peft_peak_rss_mb']:.0f} MB | "
                            f"{x['memory_ratio']:.2f}x |")
                 out.append(f"| of which training | {x['ours_train_mb']:.0f} MB | {x['peft_train_mb']:.0f} MB | |")
+        elif name == "face_memory":
+            out += ["| node | image | its float size | peak memory added | ratio | time |", "|---|---|---|---|---|---|"]
+            for x in r["rows"]:
+                op = {"crop": "Face Crop", "paste": "Paste Back"}.get(x["op"], x["op"])
+                out.append(f"| {op} | {x['size']}x{x['size']} | {x['float_mb']:.0f} MiB | {x['peak_delta_mb']:.0f} MiB | "
+                           f"{x['ratio']:.2f}x | {fmt_ms(x['seconds'])} |")
         elif name == "gpu":
             out += ["| measurement | value |", "|---|---|"]
             for x in r["rows"]:

@@ -12,7 +12,8 @@ from conftest import EXAMPLES, REPO
 from PIL import Image
 
 WF_DIR = os.path.join(REPO, "workflows")
-NAMES = ["megaportrait_full", "megaportrait_full_sdxl", "megaportrait_train", "megaportrait_with_lora"]
+NAMES = ["megaportrait_full", "megaportrait_full_sdxl", "megaportrait_group", "megaportrait_train",
+         "megaportrait_with_lora"]
 PAPER_GROUPS = {"Identity Net: training", "Identity Net: dual-strength", "Light and HF maps", "Shading Net",
                 "Paste-back, Harmonization Net"}
 
@@ -141,6 +142,11 @@ def test_workflows_execute_with_tiny_models(server, name):
     prompt = runner.smoke_workflow(load(f"api/{name}.json"))
     for nid in runner.nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos"):
         prompt[nid]["inputs"]["folder"] = "megaportrait_source/wf_test"
+    size = (600, 512)                                       # the reference's size
+    if name == "megaportrait_group":                        # the six-person picture, every face re-rendered
+        from synthetic_group import group_canvas
+        Image.fromarray(group_canvas()[0]).save(os.path.join(server.input_dir, "group_photo.png"))
+        size = (886, 1280)
     hist = server.client.run(prompt, timeout=600)
     assert hist["status"]["status_str"] == "success", json.dumps(hist["status"])[:2000]
     import comfy_server
@@ -153,7 +159,7 @@ def test_workflows_execute_with_tiny_models(server, name):
         portrait = [e for e in files if "portrait" in e["filename"]]
         assert portrait
         img = np.asarray(Image.open(io.BytesIO(server.client.view(portrait[0]["filename"], portrait[0]["subfolder"]))))
-        assert img.shape[:2] == (600, 512)                  # the reference's size
+        assert img.shape[:2] == size
 
 
 @pytest.mark.server
@@ -305,6 +311,39 @@ def test_runner_second_run_with_the_same_photos_trains_nothing(server, models_di
     other = tmp_path / "other.png"
     Image.open(os.path.join(EXAMPLES, "astronaut.png")).rotate(-3).save(other)
     assert runner.photos_digest([str(other)]) != runner.photos_digest([str(photo)])
+
+
+@pytest.mark.server
+def test_runner_faces_on_the_group_picture(server, tmp_path, capsys):
+    """--faces all re-renders every face of the group picture; --faces match those of the --identity photo; a bad
+    --faces value fails before anything is uploaded."""
+    from synthetic_group import group_canvas
+    group = tmp_path / "group.png"
+    Image.fromarray(group_canvas()[0]).save(group)
+    for faces, extra in (("all", []), ("match", ["--identity", os.path.join(EXAMPLES, "astronaut.png")]), ("2", [])):
+        out = tmp_path / f"out_{faces}"
+        code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--workflow", "megaportrait_with_lora",
+                               "--reference", str(group), "--faces", faces, *extra, "--out", str(out))
+        assert code == 0, err
+        img = np.asarray(Image.open(out / [n for n in os.listdir(out) if "portrait" in n][0]))
+        assert img.shape[:2] == (886, 1280)
+    code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--faces", "match", "--workflow",
+                           "megaportrait_with_lora", "--out", str(tmp_path / "o"))
+    assert code == 1 and "--faces match needs photos of the person" in err.strip().splitlines()[-1]
+    code, _, err = run_cli(capsys, "--server", server.url, "--faces", "everyone", "--out", str(tmp_path / "o"))
+    assert code == 1 and "--faces 'everyone': use all, largest" in err.strip().splitlines()[-1]
+
+
+def test_runner_faces_sets_face_crop():
+    import runner
+    p = runner.load_workflow("megaportrait_full")
+    runner.apply_faces(p, "3", None)
+    (crop,) = runner.nodes_of_type(p, "MegaPortraitFaceCrop")
+    assert p[crop]["inputs"]["selection"] == "index (left to right)" and p[crop]["inputs"]["index"] == 3
+    runner.apply_faces(p, "match", ["7", 0])
+    assert p[crop]["inputs"]["selection"] == "every face matching identity" and p[crop]["inputs"]["identity"] == ["7", 0]
+    g = runner.load_workflow("megaportrait_group")
+    assert g[runner.nodes_of_type(g, "MegaPortraitFaceCrop")[0]]["inputs"]["selection"] == "every face (left to right)"
 
 
 @pytest.mark.server

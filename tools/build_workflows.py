@@ -289,13 +289,15 @@ def _identity_training(g: Graph, ckpt: Node, vae, fa: Node, res: int) -> tuple:
 
 
 def _pipeline(g: Graph, family: str, model, clip, vae, fa: Node, tile: Node, detail: Node, inpaint: Node | None,
-              res: int, photos: Node | None):
+              res: int, photos: Node | None, reference: str = "grace_hopper.jpg", selection: str = "largest",
+              min_face_size: int = 48):
     pos = g.add("CLIPTextEncode", "Positive prompt (keep the trigger word)", (X[2], 0), "Reference face",
                 clip=clip, text=POSITIVE)
     neg = g.add("CLIPTextEncode", "Negative prompt", (X[2], 230), "Reference face", clip=clip, text=NEGATIVE)
-    ref = g.add("LoadImage", "Reference portrait", (X[2], 430), "Reference face", image="grace_hopper.jpg")
+    ref = g.add("LoadImage", "Reference portrait", (X[2], 430), "Reference face", image=reference)
     crop = g.add("MegaPortraitFaceCrop", "Face Crop", (X[2], 800), "Reference face", face_analysis=fa.out(0),
-                 image=ref.out(0), crop_size=res, context=0.25, selection="largest", index=0, min_face_size=48)
+                 image=ref.out(0), crop_size=res, context=0.25, selection=selection, index=0,
+                 min_face_size=min_face_size)
     dual = g.add("MegaPortraitDualStrengthIdentitySampler", "Dual-Strength Identity Sampler", (X[3], 0),
                  "Identity Net: dual-strength", model=model, positive=pos.out(0), negative=neg.out(0), vae=vae,
                  image=crop.out(0), seed=42, steps=25, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras",
@@ -372,6 +374,24 @@ def build_all(spec) -> dict:
     g.note("MegaPortrait with an existing identity LoRA.\n\nPick your LoRA in 'Load Identity LoRA' (trained with the full "
            "or training-only workflow) and use its prompt's trigger word in the positive prompt.", (X[0], 620),
            (NODE_W, 200), "Models")
+    graphs[g.name] = g
+
+    g = Graph("megaportrait_group", "MegaPortrait on every face of a group photo with one identity LoRA (no training): "
+                                    "Face Crop crops every face, the samplers re-render the batch of faces, Paste Back "
+                                    "puts them all back and Harmonize fuses every seam.", spec)
+    ckpt, vae, tile, detail, inpaint = _models_and_prompts(g, "sd15", train=False)
+    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
+               backend="dlib", det_threshold=0.3, det_size=640)
+    lora = g.add("MegaPortraitLoadIdentityLora", "Load Identity LoRA", (X[1], 160), "Identity Net: training",
+                 model=ckpt.out(0), clip=ckpt.out(1), lora_name="megaportrait/identity.safetensors", strength_model=1.0,
+                 strength_clip=1.0)
+    _pipeline(g, "sd15", lora.out(0), lora.out(1), vae, fa, tile, detail, inpaint, 512, None, reference="group_photo.png",
+              selection="every face (left to right)", min_face_size=32)
+    g.note("MegaPortrait on a group photo: every face gets the identity of one LoRA.\n\nLoad the group photo as the "
+           "reference. Face Crop's selection 'every face (left to right)' makes a batch of crops (faces under "
+           "min_face_size or cut by the border are left out); 'every face matching identity' with photos on its "
+           "'identity' input re-renders only that person. Paste Back puts every face back into the one photo and "
+           "Harmonize samples each seam in its own box.", (X[0], 620), (NODE_W, 260), "Models")
     graphs[g.name] = g
 
     g = Graph("megaportrait_train", "MegaPortrait Identity Net training only: source photos -> identity LoRA.", spec)

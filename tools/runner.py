@@ -2,7 +2,7 @@
 
     python tools/runner.py --reference ref.jpg --source photos/ --out out/
         [--workflow megaportrait_full] [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI]
-        [--download] [--smoke] [--set "Title.input=value" ...]
+        [--download] [--smoke] [--set "Title.input=value" ...] [--faces all|largest|N|match [--identity photo]]
 
 * Uploads the reference portrait and the source photos (/upload/image; the photos into
   input/megaportrait_source/<hash of the photos>/, so a second run with the same photos hits ComfyUI's cache and
@@ -14,6 +14,8 @@
   their SHA-256 against the hub's. Nothing is downloaded unless asked.
 * --server uses a running ComfyUI with this pack installed; otherwise a ComfyUI (--comfyui, default: the host copy
   that tools/setup_env.sh prepares) is started on 127.0.0.1 for the run.
+* --faces picks the reference's faces: all (every face, left to right: megaportrait_group does this), largest,
+  N (the Nth face from the left, 0 = leftmost) or match (every face matching --identity, or the source photos).
 * --smoke runs the same pipeline on tiny random models with tiny settings to prove an install end to end. Its
   output is noise, and it says so.
 Exit code 0 on success; otherwise one line on stderr that says what went wrong.
@@ -62,6 +64,37 @@ SMOKE_NOTE = ("SMOKE RUN: tiny random models with tiny settings. These images ar
 
 class RunnerError(RuntimeError):
     """A failure with a one-line explanation for the user."""
+
+
+FACE_SELECTIONS = {"all": "every face (left to right)", "largest": "largest", "match": "every face matching identity"}
+
+
+def apply_faces(prompt: dict, faces: str, identity: list | None) -> None:
+    """--faces: Face Crop's selection (and index); for 'match', ``identity`` is the link to the photos of the person
+    ([node id, output]) that goes to Face Crop's 'identity' input."""
+    crops = nodes_of_type(prompt, "MegaPortraitFaceCrop")
+    if not crops:
+        raise RunnerError("--faces: this workflow has no Face Crop node")
+    if faces.isdigit():
+        update = {"selection": "index (left to right)", "index": int(faces)}
+    elif faces in FACE_SELECTIONS:
+        update = {"selection": FACE_SELECTIONS[faces]}
+    else:
+        raise RunnerError(f"--faces {faces!r}: use all, largest, a face number (0 = leftmost) or match")
+    if faces == "match":
+        if identity is None:
+            raise RunnerError("--faces match needs photos of the person: pass --identity PHOTO (or use a workflow with "
+                              "source photos)")
+        update["identity"] = identity
+    for nid in crops:
+        prompt[nid]["inputs"].update(update)
+
+
+def add_image_loader(prompt: dict, image: str, title: str) -> list:
+    """A LoadImage node for an uploaded ``image``; returns the link to its image output."""
+    nid = str(max((int(k) for k in prompt if k.isdigit()), default=0) + 1)
+    prompt[nid] = {"class_type": "LoadImage", "inputs": {"image": image}, "_meta": {"title": title}}
+    return [nid, 0]
 
 
 def available_workflows() -> list[str]:
@@ -370,6 +403,8 @@ def _write_tiny_models(comfy_root: str, dest: str) -> None:
 
 def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
     prompt = load_workflow(args.workflow)
+    if args.faces:
+        apply_faces(copy.deepcopy(prompt), args.faces, ["0", 0])           # a bad --faces fails before any upload
     if args.smoke:
         prompt = smoke_workflow(prompt)
         log(SMOKE_NOTE)
@@ -404,6 +439,14 @@ def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
         if args.lora:
             for nid in nodes_of_type(prompt, "MegaPortraitLoadIdentityLora"):
                 prompt[nid]["inputs"]["lora_name"] = args.lora
+        if args.faces:
+            identity = None
+            if args.faces == "match":
+                if args.identity:
+                    identity = add_image_loader(prompt, upload(client, args.identity), "Identity photo")
+                elif photo_ids:
+                    identity = [photo_ids[0], 0]
+            apply_faces(prompt, args.faces, identity)
         apply_sets(prompt, args.set or [])
         # models
         missing = missing_models(prompt, info)
@@ -472,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--comfyui", help="ComfyUI folder to start for this run (default: the host set up in .host/)")
     ap.add_argument("--models-dir", help="the ComfyUI models folder to download into (default: the started ComfyUI's)")
     ap.add_argument("--lora", help="identity LoRA file name for the megaportrait_with_lora workflow")
+    ap.add_argument("--faces", help="which faces of the reference: all, largest, N (0 = leftmost) or match (the faces "
+                                    "matching --identity or the source photos); default: the workflow's")
+    ap.add_argument("--identity", help="photo of the person whose faces --faces match re-renders")
     ap.add_argument("--set", action="append", metavar="TITLE.INPUT=VALUE", help="override a node input (repeatable)")
     ap.add_argument("--download", action="store_true", help="download missing shipped models from Hugging Face")
     ap.add_argument("--smoke", action="store_true", help="tiny random models and settings: proves the install (noise out)")
