@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 
 import torch
 
@@ -47,6 +48,48 @@ def check_choice(node: str, name: str, value, allowed) -> None:
     """A combo value sent through the API must be one of the node's choices."""
     if value not in allowed:
         raise MegaPortraitError(node, f"unknown {name} {value!r}.", f"use one of {list(allowed)}.")
+
+
+def check_number(node: str, name: str, value, lo: float | None = None, hi: float | None = None) -> float:
+    """A FLOAT widget's value as a finite float within [lo, hi]. ComfyUI's own min/max validation lets NaN through
+    (every comparison with NaN is false), so every node checks its numbers itself before it spends any work."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise MegaPortraitError(node, f"{name} is {value!r}, not a number.", f"set {name} to a number.") from None
+    v = float(value)
+    if not math.isfinite(v):
+        raise MegaPortraitError(node, f"{name} is {value}; it must be a finite number.",
+                                f"set {name} to a number within its widget's range (NaN and infinity are not).")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"from {lo} to {hi}" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+        raise MegaPortraitError(node, f"{name} is {v}; it must be {rng}.", f"set {name} {rng}.")
+    return v
+
+
+def check_int(node: str, name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """An INT widget's value as an int within [lo, hi] (optional inputs reach nodes unvalidated on early-2024
+    ComfyUI: anything a client sends arrives)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
+                                                                         and not value.is_integer()):
+        raise MegaPortraitError(node, f"{name} is {value!r}, not a whole number.", f"set {name} to a whole number.")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise MegaPortraitError(node, f"{name} is {v}; it must be from {lo} to {hi}.", f"set {name} from {lo} to {hi}.")
+    return v
+
+
+def check_bool(node: str, name: str, value) -> bool:
+    """A BOOLEAN widget's value. Through the API any JSON value can arrive; a string such as "false" would be
+    truthy, so anything but a boolean (or 0/1) is refused. (ComfyUI 0.33's validation converts with bool() before
+    a node sees the value, so there "false" arrives as True and cannot be told apart.)"""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise MegaPortraitError(node, f"{name} is {value!r} ({type(value).__name__}), not a boolean.",
+                            f"send {name} as JSON true or false (not a string or a number).")
 
 
 def check_image(node: str, image: torch.Tensor, name: str = "image") -> torch.Tensor:

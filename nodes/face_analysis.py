@@ -28,7 +28,7 @@ import torch
 
 from . import face_search
 from .align import ARCFACE_TEMPLATE, DLIB5_TEMPLATE, template  # noqa: F401  (ARCFACE_TEMPLATE: its old home)
-from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log, require
+from .common import CATEGORY, MegaPortraitError, check_bool, check_choice, check_image, check_int, check_number, log, require
 
 BACKENDS = ("dlib", "insightface")
 PROVIDERS = ("auto", "CUDA", "CPU")
@@ -164,9 +164,14 @@ class _DlibBackend:
             if not os.path.isfile(os.path.join(d, DLIB_FILES[key])):
                 raise MegaPortraitError(node, f"{DLIB_FILES[key]} is missing from {d}.",
                                         "reinstall face-recognition-models==0.3.0 or copy the file there.")
-        self.predictor = dlib.shape_predictor(os.path.join(d, DLIB_FILES[want]))
+        try:
+            self.predictor = dlib.shape_predictor(os.path.join(d, DLIB_FILES[want]))
+            self.recognizer = dlib.face_recognition_model_v1(os.path.join(d, DLIB_FILES["recognition"]))
+        except RuntimeError as e:           # dlib's deserialization error: an empty, truncated or other model file
+            raise MegaPortraitError(node, f"a dlib model file in {d} cannot be loaded ({str(e).strip()[:200]}).",
+                                    "reinstall face-recognition-models==0.3.0 (or copy complete "
+                                    f"{DLIB_FILES[want]} and {DLIB_FILES['recognition']} files there).") from e
         self.kind = "dlib68" if want == "shape68" else "dlib5"
-        self.recognizer = dlib.face_recognition_model_v1(os.path.join(d, DLIB_FILES["recognition"]))
         self.refine = refine
         self.lock = threading.Lock()
 
@@ -262,6 +267,15 @@ class _InsightFaceBackend:
         except AssertionError as e:
             raise MegaPortraitError(node, f"no detection model was recognised in {pack_dir}.",
                                     "check that the pack's detector (e.g. det_10g.onnx / scrfd_10g_bnkps.onnx) is there.") from e
+        except Exception as e:       # onnxruntime / onnx: an empty, truncated or non-ONNX file in the pack
+            files = ", ".join(sorted(os.path.basename(f) for f in glob.glob(os.path.join(pack_dir, "*.onnx"))))
+            raise MegaPortraitError(node, f"the insightface pack in {pack_dir} cannot be loaded: a model file "
+                                          f"({files}) is damaged or not an ONNX model ({type(e).__name__}: "
+                                          f"{str(e)[:200]}).",
+                                    "download the pack again (complete .onnx files), or use the dlib backend.") from e
+        if "recognition" not in self.app.models:
+            raise MegaPortraitError(node, f"the insightface pack in {pack_dir} has no recognition (ArcFace) model.",
+                                    "use a complete pack (buffalo_l: w600k_r50.onnx; antelopev2: glintr100.onnx).")
         self.app.prepare(ctx_id=0 if providers[0].startswith("CUDA") else -1, det_size=(det_size, det_size))
         self.models = sorted(self.app.models)
         self.pack_dir = pack_dir
@@ -439,9 +453,19 @@ class FaceAnalysisLoader:
              insightface_pack="buffalo_l", provider="auto", min_face=DEFAULT_MIN_FACE):
         node = "Face Analysis Loader"
         check_choice(node, "backend", backend, BACKENDS)
-        fa = FaceAnalyzer(backend=backend, det_threshold=float(det_threshold), det_size=int(det_size),
-                          landmarks=landmarks, refine_landmarks=bool(refine_landmarks),
-                          insightface_pack=insightface_pack, provider=provider, node=node, min_face=int(min_face))
+        check_choice(node, "landmarks", landmarks, ("5-point", "68-point"))
+        check_choice(node, "provider", provider, PROVIDERS)
+        det_threshold = check_number(node, "det_threshold", det_threshold, -2.0, 1.0)
+        det_size = check_int(node, "det_size", det_size, 160, 2048)
+        min_face = check_int(node, "min_face", min_face, 16, 1024)
+        pack = str(insightface_pack)
+        if not pack or pack in (".", "..") or any(c in pack for c in "/\\:") or pack.startswith("."):
+            raise MegaPortraitError(node, f"insightface_pack {pack!r} is not a folder name.",
+                                    "choose a pack folder under ComfyUI/models/insightface/models/ (e.g. buffalo_l); "
+                                    "paths are not allowed.")
+        fa = FaceAnalyzer(backend=backend, det_threshold=det_threshold, det_size=det_size,
+                          landmarks=landmarks, refine_landmarks=check_bool(node, "refine_landmarks", refine_landmarks),
+                          insightface_pack=insightface_pack, provider=provider, node=node, min_face=min_face)
         fa.load()
         log.info("MegaPortrait: face analysis ready: %s", fa.describe())
         return (fa,)
@@ -474,6 +498,7 @@ class FaceSimilarity:
 
     def compare(self, face_analysis, image_a, image_b, on_no_face="error"):
         node = "Face Similarity"
+        check_choice(node, "on_no_face", on_no_face, ("error", "report"))
         ref = identity_embedding(node, face_analysis, image_a, "image_a")
         image_b = check_image(node, image_b, "image_b")
         distances, lines, notes = [], [], []

@@ -20,7 +20,7 @@ import numpy as np
 from . import lora_comfy as lc
 from . import lora_files as lf
 from . import lora_training as lt
-from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log
+from .common import CATEGORY, MegaPortraitError, check_bool, check_choice, check_image, check_int, check_number, log
 from .families import by_base_model_version, describe_context_dim
 
 IF_EXISTS = ("increment name", "overwrite", "error")
@@ -161,17 +161,28 @@ class IdentityLoraTrainer:
                                    ("if_exists", if_exists, IF_EXISTS), ("target", target, tuple(lt.UNET_TARGETS)),
                                    ("if_trained", if_trained, IF_TRAINED)):
             check_choice(node, name, val, allowed)
+        learning_rate = check_number(node, "learning_rate", learning_rate, 1e-7, 1e-1)
+        text_learning_rate = check_number(node, "text_learning_rate", text_learning_rate, 1e-7, 1e-1)
+        alpha = check_number(node, "alpha", alpha, 0.1, 512.0)
+        checkpoint_every = check_int(node, "checkpoint_every", checkpoint_every, 0, 10000)
+        for name, val in (("trigger_word", trigger_word), ("class_word", class_word),
+                          ("prompt_template", prompt_template), ("save_name", save_name)):
+            if not isinstance(val, str):
+                raise MegaPortraitError(node, f"{name} is {val!r}, not text.", f"set {name} to text.")
+        train_text_encoder, flip, gradient_checkpointing = (
+            check_bool(node, k, v) for k, v in (("train_text_encoder", train_text_encoder), ("flip", flip),
+                                                ("gradient_checkpointing", gradient_checkpointing)))
         prompt = prompt_template.replace("{trigger}", trigger_word).replace("{class}", class_word).strip()
         if not prompt:
             raise MegaPortraitError(node, "the instance prompt is empty.", "set trigger_word and prompt_template.")
         lc.check_trainable(node, model)
-        photos = square_photos(node, [images[i] for i in range(n)], int(resolution), face_analysis)
-        cfg = lt.TrainConfig(steps=int(steps), learning_rate=float(learning_rate),
-                             text_learning_rate=float(text_learning_rate), rank=int(rank), alpha=float(alpha),
-                             batch_size=int(batch_size), resolution=int(resolution), seed=int(seed),
-                             train_text_encoder=bool(train_text_encoder), flip=bool(flip), target=target)
-        loras_dir = _folder_loras()
+        loras_dir = _folder_loras()        # names that cannot be written are refused before any work
         resume_anchor, anchor_name = lf.resolve_save_path(node, loras_dir, save_name, "overwrite")
+        photos = square_photos(node, [images[i] for i in range(n)], int(resolution), face_analysis)
+        cfg = lt.TrainConfig(steps=int(steps), learning_rate=learning_rate,
+                             text_learning_rate=text_learning_rate, rank=int(rank), alpha=alpha,
+                             batch_size=int(batch_size), resolution=int(resolution), seed=int(seed),
+                             train_text_encoder=train_text_encoder, flip=flip, target=target)
         key = lc.training_key(model, clip, vae, photos, prompt, cfg)
         if if_trained == "reuse":
             found = lf.find_trained(_lora_candidates(loras_dir, anchor_name), key)
@@ -188,7 +199,7 @@ class IdentityLoraTrainer:
         hook = _ProgressHook(cfg.steps, max(1, cfg.steps // 50))
         lora_sd, state, meta = lc.train_identity_lora(
             node, model, clip, vae, photos, prompt, cfg, resume_anchor, precision=precision,
-            gradient_checkpointing=bool(gradient_checkpointing), resume=resume, checkpoint_every=int(checkpoint_every),
+            gradient_checkpointing=gradient_checkpointing, resume=resume, checkpoint_every=int(checkpoint_every),
             metadata={"megaportrait.trigger_word": trigger_word, "megaportrait.class_word": class_word},
             on_progress=hook, train_key=key)
         lf.atomic_save(lora_sd, final_path, meta)
@@ -232,6 +243,8 @@ class LoadIdentityLora:
     def load(self, model, clip, lora_name, strength_model, strength_clip):
         node = "Load Identity LoRA"
         import folder_paths
+        strength_model = check_number(node, "strength_model", strength_model, -10.0, 10.0)
+        strength_clip = check_number(node, "strength_clip", strength_clip, -10.0, 10.0)
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None or not os.path.isfile(path):
             raise MegaPortraitError(node, f"LoRA {lora_name!r} was not found in models/loras.",

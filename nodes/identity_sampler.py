@@ -21,7 +21,7 @@ import math
 import torch
 
 from . import comfy_compat
-from .common import CATEGORY, MegaPortraitError, check_image
+from .common import CATEGORY, MegaPortraitError, check_bool, check_image, check_number
 from .sampling import Progress, apply_controlnet, check_controlnet, decode, encode, prepare_noise, sampling_inputs
 
 LOCKSTEP_SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m")
@@ -206,6 +206,13 @@ class DualStrengthIdentitySampler:
                source_denoise, reference_model=None, latent=None, control_net=None, control_image=None,
                control_strength=0.5, control_start=0.0, control_end=1.0, share_passes=True):
         node = "Dual-Strength Identity Sampler"
+        cfg = check_number(node, "cfg", cfg, 0.0, 100.0)
+        reference_denoise = check_number(node, "reference_denoise", reference_denoise, 0.0, 1.0)
+        source_denoise = check_number(node, "source_denoise", source_denoise, 0.0, 1.0)
+        control_strength = check_number(node, "control_strength", control_strength, 0.0, 10.0)
+        control_start = check_number(node, "control_start", control_start, 0.0, 1.0)
+        control_end = check_number(node, "control_end", control_end, 0.0, 1.0)
+        share_passes = check_bool(node, "share_passes", share_passes)
         image = check_image(node, image)
         if latent is None:
             latent = {"samples": encode(node, vae, image)}

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .common import CATEGORY, MegaPortraitError, bchw_to_bhwc, bhwc_to_bchw, check_choice, check_image, check_mask
+from .common import CATEGORY, MegaPortraitError, bchw_to_bhwc, bhwc_to_bchw, check_choice, check_image, check_mask, check_number
 
 FILTERS = ("gaussian", "box")
 SIGMA_MODES = ("relative to 512 px", "pixels")
@@ -56,26 +56,51 @@ BACKENDS = ("auto", "opencv", "kornia", "fft")
 FFT_MIN_KERNEL = 151     # CPU Gaussians with kernels at least this wide go through the FFT (measured crossover)
 
 
+STRIP_BYTES = 32 << 20   # working set of one strip of the FFT filter (rows, then columns): memory stays O(image)
+
+
 def _fft_gaussian(x: torch.Tensor, sigma_px: float, k: int) -> torch.Tensor:
     """The same truncated, normalised Gaussian as OpenCV's GaussianBlur with reflect-101 borders, computed as two
-    1-D FFT convolutions (O(log n) per pixel instead of O(k)); agrees with OpenCV to ~1e-6."""
+    1-D FFT convolutions (O(log n) per pixel instead of O(k)); agrees with OpenCV to ~1e-6.
+
+    Works on regions: the rows, then the columns, are filtered in strips of about STRIP_BYTES into the output, so
+    the peak memory is the input, the output and one strip (no padded or complex copy of the whole frame)."""
     import cv2
     r = k // 2
     kern1d = torch.from_numpy(cv2.getGaussianKernel(k, sigma_px).astype("float32")[:, 0])
-    xc = x.detach().float().permute(0, 3, 1, 2)
-    h, w = xc.shape[-2:]
-    xp = torch.nn.functional.pad(xc, (r, r, r, r), mode="reflect")
+    b, h, w, c = x.shape
+    out = torch.empty((b, h, w, c), dtype=torch.float32)
+    spectra: dict[int, torch.Tensor] = {}
+
+    def spectrum(n: int) -> torch.Tensor:
+        if n not in spectra:
+            kern = torch.zeros(n, dtype=torch.float32)
+            kern[: r + 1] = kern1d[r:]
+            kern[n - r:] = kern1d[:r]             # centred at index 0 (circular); wrap-around stays in the pad
+            spectra[n] = torch.fft.rfft(kern)
+        return spectra[n]
 
     def conv(a: torch.Tensor, dim: int) -> torch.Tensor:
+        """Filter ``a`` along ``dim`` (reflect-101 borders); returns the unpadded result."""
         n = a.shape[dim]
-        kern = torch.zeros(n, dtype=torch.float32)
-        kern[: r + 1] = kern1d[r:]
-        kern[n - r:] = kern1d[:r]                 # centred at index 0 (circular); wrap-around stays in the pad
-        spec = torch.fft.rfft(a, dim=dim) * torch.fft.rfft(kern).view([-1 if d == dim % a.ndim else 1
-                                                                        for d in range(a.ndim)])
-        return torch.fft.irfft(spec, n=n, dim=dim)
-    y = conv(conv(xp, -1), -2)[..., r:r + h, r:r + w]
-    return y.permute(0, 2, 3, 1).contiguous().to(dtype=x.dtype)
+        left = a.narrow(dim, 1, r).flip(dim)
+        right = a.narrow(dim, n - 1 - r, r).flip(dim)
+        ap = torch.cat([left, a, right], dim=dim)
+        spec = torch.fft.rfft(ap, dim=dim)
+        spec *= spectrum(n + 2 * r).view([-1 if d == dim % a.ndim else 1 for d in range(a.ndim)])
+        return torch.fft.irfft(spec, n=n + 2 * r, dim=dim).narrow(dim, r, n)
+
+    row_bytes = (w + 2 * r) * c * 4 * 4           # padded float row + its complex spectrum + the result
+    rows = max(1, STRIP_BYTES // row_bytes)
+    col_bytes = (h + 2 * r) * c * 4 * 4
+    cols = max(1, STRIP_BYTES // col_bytes)
+    for i in range(b):
+        src, dst = x[i], out[i]
+        for y0 in range(0, h, rows):              # 1. along the rows, strip by strip, into the output
+            dst[y0:y0 + rows] = conv(src[y0:y0 + rows].float(), 1)
+        for x0 in range(0, w, cols):              # 2. along the columns of the output, in place
+            dst[:, x0:x0 + cols] = conv(dst[:, x0:x0 + cols].contiguous(), 0)
+    return out.to(dtype=x.dtype)
 
 
 def _filter_bhwc(x: torch.Tensor, sigma_px: float, filter_type: str, backend: str = "auto") -> torch.Tensor:
@@ -91,7 +116,7 @@ def _filter_bhwc(x: torch.Tensor, sigma_px: float, filter_type: str, backend: st
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     cpu = x.device.type == "cpu"
     if filter_type == "gaussian" and (backend == "fft" or (backend == "auto" and cpu and k >= FFT_MIN_KERNEL)):
-        return _fft_gaussian(x, sigma_px, k).to(x.device)
+        return _fft_gaussian(x.detach().cpu(), sigma_px, k).to(x.device)
     if backend == "opencv" or (backend == "auto" and cpu):
         import cv2
 
@@ -136,14 +161,16 @@ def low_pass(image: torch.Tensor, sigma: float, *, mode: str = SIGMA_MODES[0], f
     """
     h, w = image.shape[1], image.shape[2]
     sigma_px = effective_sigma(sigma, h, w, mode)
+    if mask is None:
+        return _filter_bhwc(image, sigma_px, filter_type, backend).contiguous()
+    # in place where possible: the peak is about three images (input, inside, plain), not eight
+    m = mask.to(image.dtype).unsqueeze(-1)
+    inside = _filter_bhwc(torch.mul(image, m), sigma_px, filter_type, backend)
+    den = _filter_bhwc(m, sigma_px, filter_type, backend)
+    inside.div_(den.clamp_min(1e-6))
     plain = _filter_bhwc(image, sigma_px, filter_type, backend)
-    if mask is not None:
-        m = mask.to(image.dtype).unsqueeze(-1)
-        num = _filter_bhwc(image * m, sigma_px, filter_type, backend)
-        den = _filter_bhwc(m, sigma_px, filter_type, backend)
-        inside = torch.where(den > 1e-6, num / den.clamp_min(1e-6), plain)
-        plain = m * inside + (1.0 - m) * plain
-    return plain.contiguous()
+    inside.sub_(plain).mul_(m).masked_fill_(den <= 1e-6, 0.0)     # m * (inside - plain); plain where den ~ 0
+    return plain.add_(inside).contiguous()
 
 
 def light_map(image: torch.Tensor, sigma: float, **kw) -> torch.Tensor:
@@ -230,14 +257,15 @@ def _map_inputs(extra: dict | None = None) -> dict:
 def _checked(node: str, image, sigma, sigma_mode, filter_type, mask):
     image = check_image(node, image)
     mask = check_mask(node, mask, image)
-    if not math.isfinite(sigma) or sigma < 0:
+    sigma = check_number(node, "sigma", sigma)
+    if sigma < 0:
         raise MegaPortraitError(node, f"sigma is {sigma}; it must be a number >= 0.", "set sigma to 0 or more.")
     if sigma > MAX_SIGMA:
         raise MegaPortraitError(node, f"sigma is {sigma}; the largest supported value is {MAX_SIGMA}.",
                                 "use a smaller sigma: beyond the image size the light map is already flat.")
     check_choice(node, "sigma_mode", sigma_mode, SIGMA_MODES)
     check_choice(node, "filter_type", filter_type, FILTERS)
-    return image, mask
+    return image, mask, sigma
 
 
 class LightMap:
@@ -254,7 +282,7 @@ class LightMap:
         return _map_inputs()
 
     def run(self, image, sigma, sigma_mode, filter_type, mask=None):
-        image, mask = _checked("Light Map", image, sigma, sigma_mode, filter_type, mask)
+        image, mask, sigma = _checked("Light Map", image, sigma, sigma_mode, filter_type, mask)
         return (light_map(image, sigma, mode=sigma_mode, filter_type=filter_type, mask=mask),)
 
 
@@ -280,8 +308,9 @@ class HFMap:
         return types
 
     def run(self, image, sigma, sigma_mode, filter_type, gain, mask=None, encoding="signed"):
-        image, mask = _checked("HF Map", image, sigma, sigma_mode, filter_type, mask)
-        if not math.isfinite(gain) or gain <= 0:
+        image, mask, sigma = _checked("HF Map", image, sigma, sigma_mode, filter_type, mask)
+        gain = check_number("HF Map", "gain", gain)
+        if gain <= 0:
             raise MegaPortraitError("HF Map", f"gain is {gain}; it must be > 0.", "use a gain such as 1.0.")
         check_choice("HF Map", "encoding", encoding, ENCODINGS)
         return hf_map(image, sigma, gain, encoding, mode=sigma_mode, filter_type=filter_type, mask=mask)
@@ -315,7 +344,8 @@ class RecombineMaps:
         if hf.shape[0] not in (1, light.shape[0]) and light.shape[0] != 1:
             raise MegaPortraitError(node, f"batch sizes differ: light_map {light.shape[0]}, hf_map {hf.shape[0]}.",
                                     "use equal batches, or a batch of 1 on either side.")
-        if not math.isfinite(gain) or gain <= 0:
+        gain = check_number(node, "gain", gain)
+        if gain <= 0:
             raise MegaPortraitError(node, f"gain is {gain}; it must be > 0.", "use the HF map's gain.")
         return (recombine(light, hf, gain),)
 

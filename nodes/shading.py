@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import CATEGORY, MegaPortraitError, check_image
+from .common import CATEGORY, MegaPortraitError, check_image, check_number
 from .sampling import apply_controlnet, check_controlnet, decode, encode, sampling_inputs
 
 
@@ -79,6 +79,13 @@ class ShadingSampler:
                light_strength, light_start, light_end, hf_strength, hf_start, hf_end, seed, steps, cfg, sampler_name,
                scheduler, denoise, init_image=None, init_latent=None):
         node = "Shading Sampler"
+        nums = {k: check_number(node, k, v, 0.0, hi) for k, v, hi in (
+            ("light_strength", light_strength, 10.0), ("light_start", light_start, 1.0), ("light_end", light_end, 1.0),
+            ("hf_strength", hf_strength, 10.0), ("hf_start", hf_start, 1.0), ("hf_end", hf_end, 1.0),
+            ("cfg", cfg, 100.0), ("denoise", denoise, 1.0))}
+        light_strength, light_start, light_end = nums["light_strength"], nums["light_start"], nums["light_end"]
+        hf_strength, hf_start, hf_end = nums["hf_strength"], nums["hf_start"], nums["hf_end"]
+        cfg, denoise = nums["cfg"], nums["denoise"]
         light_map = check_image(node, light_map, "light_map")
         hf_map = check_image(node, hf_map, "hf_map")
         if light_map.shape[1:3] != hf_map.shape[1:3]:
