@@ -15,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-from .common import CATEGORY, MegaPortraitError, log
+from .common import CATEGORY, MegaPortraitError, check_choice, check_number, log
 from .face_analysis import FaceAnalyzer, to_uint8_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -68,13 +68,68 @@ def resize_square(img: torch.Tensor, resolution: int) -> torch.Tensor:
     return out[0].permute(1, 2, 0).clamp(0, 1)
 
 
+IDENTITY_CHECKS = ("error if not one person", "warn and go on")
+
+
+def identity_outliers(distances: np.ndarray, threshold: float) -> list[tuple[int, float, int]]:
+    """The photos that do not show the person most photos show, from the pairwise identity distances [N, N]:
+    (index, median distance to the others, nearest other photo) of each photo whose median distance to the
+    other photos is at or above ``threshold``. Empty when every photo is closer than that to most others."""
+    d = np.asarray(distances, dtype=np.float64)
+    n = d.shape[0]
+    out = []
+    if n < 2:
+        return out
+    for i in range(n):
+        others = np.delete(d[i], i)
+        med = float(np.median(others))
+        if med >= threshold:
+            j = int(np.argmin(np.where(np.arange(n) == i, np.inf, d[i])))
+            out.append((i, med, j))
+    return out
+
+
+def check_one_person(node: str, analyzer: FaceAnalyzer, embeddings: dict[int, np.ndarray], names: list[str],
+                     mode: str) -> None:
+    """Raise (``mode`` "error ...") or log a warning when the photos' faces are not all one person, naming each
+    outlier photo (counted from 0, with its file name) and its median identity distance to the others."""
+    idx = sorted(embeddings)
+    if len(idx) < 2:
+        return
+    thr = float(analyzer.threshold)
+    dist = np.array([[analyzer.distance(embeddings[a], embeddings[b]) for b in idx] for a in idx])
+    outliers = identity_outliers(dist, thr)
+    if not outliers:
+        return
+
+    def label(k):
+        i = idx[k]
+        return f"{i} ({names[i]})" if i < len(names) and names[i] else str(i)
+    parts = [f"photo {label(k)}: median identity distance {med:.2f} to the others (nearest: photo {label(j)}, "
+             f"{dist[k, j]:.2f})" for k, med, j in outliers]
+    everyone = len(outliers) == len(idx)
+    problem = ("the photos do not show one person: no photo is closer than the backend's threshold "
+               f"({thr}, {analyzer.metric}) to most others; " if everyone else
+               f"{len(outliers)} of {len(idx)} photos show another person than the rest (threshold {thr}, "
+               f"{analyzer.metric}): ") + "; ".join(parts) + "."
+    if mode == IDENTITY_CHECKS[0]:
+        raise MegaPortraitError(node, problem, "remove the outlier photo(s) so that all photos show the person to train, "
+                                               f"or set identity_check to '{IDENTITY_CHECKS[1]}' to train on them anyway.")
+    log.warning("MegaPortrait %s: %s Going on (identity_check).", node, problem)
+
+
 def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyzer: FaceAnalyzer | None = None,
-                  face_scale: float = 2.2, require_face: bool = True) -> torch.Tensor:
+                  face_scale: float = 2.2, require_face: bool = True, identity_check: str | None = None,
+                  names: list[str] | None = None) -> torch.Tensor:
     """Crop every [H, W, C] photo to a square (around its largest face with ``analyzer``) and resize it to
     ``resolution``. A photo that already is that face crop is used as it is (cropped once). With ``analyzer``,
     photos without a usable face (none found, or so small that the crop would be enlarged more than
-    MAX_ENLARGE times) raise an error naming them; with ``require_face=False`` they get a centred crop instead."""
+    MAX_ENLARGE times) raise an error naming them; with ``require_face=False`` they get a centred crop instead.
+    Without ``analyzer``, photos whose centred square would be enlarged more than MAX_ENLARGE times are refused.
+    With ``analyzer`` and ``identity_check`` (one of IDENTITY_CHECKS), photos whose face is not the person the
+    others show are named (see :func:`check_one_person`); ``names`` labels the photos in messages."""
     out, missing, tiny, kept = [], [], [], 0
+    embeddings: dict[int, np.ndarray] = {}
     for i, p in enumerate(photos):
         p = p.float()
         if p.shape[-1] == 1:
@@ -83,11 +138,15 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
         h, w = p.shape[:2]
         box = None
         if analyzer is not None:
-            faces = analyzer.detect(to_uint8_rgb(p))
+            img = to_uint8_rgb(p)
+            faces = analyzer.detect(img)
             if not faces:
                 missing.append(i)
             else:
-                wanted = face_box(max(faces, key=lambda f: f.area), face_scale)
+                face = max(faces, key=lambda f: f.area)
+                if identity_check:
+                    embeddings[i] = analyzer.embed(img, face)
+                wanted = face_box(face, face_scale)
                 if is_face_crop(h, w, resolution, wanted):
                     out.append(p.clamp(0, 1))
                     kept += 1
@@ -98,6 +157,8 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
                     box = None
         if box is None:
             box = square_box(h, w)
+            if analyzer is None and resolution / box[2] > MAX_ENLARGE:
+                tiny.append(f"{i} ({w}x{h} px)")
         x0, y0, s = box
         out.append(resize_square(p[y0:y0 + s, x0:x0 + s], resolution))
     problems = []
@@ -106,11 +167,18 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
     if tiny:
         problems.append(f"the face crop of photo(s) {', '.join(tiny)} would be enlarged more than {MAX_ENLARGE:.0f}x "
                         f"to {resolution} px")
+    if tiny and analyzer is None:
+        raise MegaPortraitError(node, f"photo(s) {', '.join(tiny)} are too small: their centred square would be enlarged "
+                                      f"more than {MAX_ENLARGE:.0f}x to {resolution} px (of {len(photos)}, counted from 0).",
+                                f"use photos at least {resolution / MAX_ENLARGE:.0f} px on their shorter side, or a lower "
+                                "resolution.")
     if problems and require_face:
         raise MegaPortraitError(node, "; ".join(problems) + f" (of {len(photos)}, counted from 0).",
                                 "remove or replace those photos (the face clearly visible, the face crop at least "
                                 f"{resolution / MAX_ENLARGE:.0f} px), lower min_face in the Face Analysis Loader, or "
                                 "disconnect face_analysis to use centred crops.")
+    if identity_check:
+        check_one_person(node, analyzer, embeddings, list(names or []), identity_check)
     if problems:
         log.warning("MegaPortrait %s: %s; centred crops used for them.", node, "; ".join(problems))
     if kept:
@@ -162,10 +230,32 @@ def safe_input_path(node: str, base: str, rel: str) -> str:
 
 
 def load_image_file(path: str) -> torch.Tensor:
+    """An image file as [H, W, 3] float in 0..1 (EXIF orientation applied, alpha dropped, grayscale as RGB).
+    Raises OSError/ValueError (PIL's) for a file that is not a complete image: see :func:`load_photos`."""
     from PIL import Image, ImageOps
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im).convert("RGB")
-        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+        arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"it decodes to an empty image {arr.shape}")
+    return torch.from_numpy(arr).float().div_(255.0)
+
+
+def load_photos(node: str, paths: list[str], base: str) -> list[torch.Tensor]:
+    """Every file of ``paths`` as an image; the files that are not readable images (damaged, truncated, another
+    format, too large for PIL's decompression-bomb limit) are all named in one error before any work is done."""
+    from PIL import Image
+    photos, bad = [], []
+    for p in paths:
+        try:
+            photos.append(load_image_file(p))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            bad.append(f"{os.path.relpath(p, base)} ({type(e).__name__}: {str(e)[:120]})")
+    if bad:
+        raise MegaPortraitError(node, f"{len(bad)} of {len(paths)} file(s) cannot be read as images: {'; '.join(bad)}.",
+                                "replace them with complete PNG/JPG/WebP photos, or remove them from the folder / the "
+                                "file list.")
+    return photos
 
 
 class LoadSourcePhotos:
@@ -198,6 +288,10 @@ class LoadSourcePhotos:
         }, "optional": {
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Crop around the face (recommended). Photos without a face "
                                                            "then raise an error naming them."}),
+            "identity_check": (list(IDENTITY_CHECKS), {"default": IDENTITY_CHECKS[0], "tooltip":
+                               "With face_analysis: the photos must show one person. A photo whose identity distance to "
+                               "most others is above the backend's threshold (dlib 0.6, insightface 0.65) is named in an "
+                               "error; 'warn and go on' only logs it."}),
         }}
 
     @classmethod
@@ -211,16 +305,21 @@ class LoadSourcePhotos:
         paths = _list_files(base, folder, filenames, strict=False)
         return ";".join(f"{p}:{os.path.getmtime(p)}:{os.path.getsize(p)}" for p in paths)
 
-    def load(self, folder, filenames, resolution, face_scale, min_photos, seed, face_analysis=None):
+    def load(self, folder, filenames, resolution, face_scale, min_photos, seed, face_analysis=None,
+             identity_check=IDENTITY_CHECKS[0]):
         node = "Load Source Photos"
         import folder_paths
+        face_scale = check_number(node, "face_scale", face_scale, 1.0, 8.0)
+        check_choice(node, "identity_check", identity_check, IDENTITY_CHECKS)
         base = folder_paths.get_input_directory()
         paths = _list_files(base, folder, filenames, strict=True)
         if not paths:
             raise MegaPortraitError(node, f"no photos found in ComfyUI/input/{folder} or in the file list.",
                                     f"put 3-20 photos of the person in {os.path.join(base, folder)} (PNG/JPG/WebP).")
-        photos = [load_image_file(p) for p in paths]
-        batch = square_photos(node, photos, int(resolution), face_analysis, float(face_scale))
+        photos = load_photos(node, paths, base)
+        batch = square_photos(node, photos, int(resolution), face_analysis, face_scale,
+                              identity_check=identity_check if face_analysis is not None else None,
+                              names=[os.path.basename(p) for p in paths])
         if min_photos and batch.shape[0] < min_photos:
             log.info("MegaPortrait: %d photo(s) found, adding %d augmented copies", batch.shape[0], min_photos - batch.shape[0])
             batch = augment(batch, int(min_photos), int(seed))
