@@ -21,10 +21,11 @@ SECTIONS = {
     "pipeline": ["bench_pipeline.py"],
     "gpu": ["bench_gpu.py"],
     "face_memory": ["bench_face_memory.py"],
+    "maps_memory": ["bench_memory.py"],
 }
 GOALS = {"image_ops": "<= 1.0x OpenCV", "faces": "every face found; time reported", "sampling": "no slower than stock; dual-strength <= 0.6x of two KSamplers",
          "trainer": ">= 1.0x speed, <= 1.0x memory of a plain peft loop", "pipeline": "<= 1.05x of the stock passes",
-         "face_memory": "peak <= 3x the image's float size"}
+         "face_memory": "peak <= 3x the image's float size", "maps_memory": "peak <= 3x the image's float size"}
 
 
 def run_section(name: str) -> dict:
@@ -97,6 +98,11 @@ def to_markdown(results: list, started: str) -> str:
                 op = {"crop": "Face Crop", "paste": "Paste Back"}.get(x["op"], x["op"])
                 out.append(f"| {op} | {x['size']}x{x['size']} | {x['float_mb']:.0f} MiB | {x['peak_delta_mb']:.0f} MiB | "
                            f"{x['ratio']:.2f}x | {fmt_ms(x['seconds'])} |")
+        elif name == "maps_memory":
+            out += ["| node | image | its float size | peak memory added | ratio |", "|---|---|---|---|---|"]
+            for x in r["rows"]:
+                out.append(f"| {x['op']} | {x['size']} | {x['image_mb']:.0f} MiB | {x['peak_delta_mb']:.0f} MiB | "
+                           f"{x['ratio']:.2f}x |")
         elif name == "gpu":
             out += ["| measurement | value |", "|---|---|"]
             for x in r["rows"]:
