@@ -62,7 +62,7 @@ def main():
         if p.returncode or not line:
             raise SystemExit(f"{op}: {p.stderr[-2000:]}")
         rows.append(json.loads(line[-1][4:]))
-    emit({"section": "memory", "machine": machine(), "rows": rows})
+    emit({"section": "maps_memory", "machine": machine(), "rows": rows})
 
 
 if __name__ == "__main__":
