@@ -31,7 +31,7 @@ from .align import (  # noqa: F401  (the geometry's old home: these names stay i
     transform_points,
     warp,
 )
-from .common import CATEGORY, MegaPortraitError, check_image, log
+from .common import CATEGORY, MegaPortraitError, check_image, check_int, check_number, log
 from .face_analysis import Face, FaceAnalyzer, identity_embedding, to_uint8_rgb
 
 EVERY_FACE = "every face (left to right)"
@@ -291,6 +291,9 @@ class FaceCropNode:
 
     def crop(self, face_analysis, image, crop_size, context, selection, index, min_face_size, identity=None):
         node = "Face Crop"
+        context = check_number(node, "context", context, 0.0, 3.0)
+        crop_size, index = check_int(node, "crop_size", crop_size, 64, 4096), check_int(node, "index", index, 0, 64)
+        min_face_size = check_int(node, "min_face_size", min_face_size, 8, 4096)
         if crop_size % 8:
             raise MegaPortraitError(node, f"crop_size {crop_size} is not a multiple of 8.", "use e.g. 512, 768 or 1024.")
         if not isinstance(face_analysis, FaceAnalyzer):

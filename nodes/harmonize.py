@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import CATEGORY, MegaPortraitError, check_image, check_mask
+from .common import CATEGORY, MegaPortraitError, check_image, check_int, check_mask, check_number
 from .sampling import apply_controlnet, check_controlnet, decode, sampling_inputs
 
 
@@ -184,6 +184,11 @@ class Harmonize:
     def harmonize(self, model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler, denoise,
                   grow, feather, crop_to_mask, padding, working_resolution, control_net=None, control_strength=1.0):
         node = "Harmonize"
+        cfg, denoise = check_number(node, "cfg", cfg, 0.0, 100.0), check_number(node, "denoise", denoise, 0.0, 1.0)
+        padding = check_number(node, "padding", padding, 0.0, 4.0)
+        control_strength = check_number(node, "control_strength", control_strength, 0.0, 10.0)
+        grow, feather = check_int(node, "grow", grow, -512, 512), check_int(node, "feather", feather, 0, 512)
+        steps = check_int(node, "steps", steps, 1, 10000)
         image = check_image(node, image)
         mask = check_mask(node, mask, image)
         if mask is None:

@@ -211,8 +211,6 @@ def bool_string(node: str) -> tuple[str, str]:
     return (OK, "") if NEW_HOST else (OURS, node)
 
 
-FACE_CROP_NAN = "Face Crop does not check context for NaN (nodes/face_crop.py)"
-HARMONIZE_NAN = "Harmonize does not check cfg/denoise/padding for NaN (nodes/harmonize.py)"
 
 LONG = "x" * 300
 CASES = [
@@ -281,8 +279,7 @@ CASES = [
     Case("crop_cut_face", g_crop({"class_type": "ImageCrop", "inputs": {"image": ["9", 0], "width": 200, "height": 512,
                                                                          "x": 0, "y": 0}}) | {"9": load("astronaut.png")},
          CLEAR, "Face Crop"),
-    Case("crop_context_nan", g_crop(load("astronaut.png"), context=NAN), OURS, "Face Crop", ("context",),
-         xfail=FACE_CROP_NAN),
+    Case("crop_context_nan", g_crop(load("astronaut.png"), context=NAN), OURS, "Face Crop", ("context",)),
     Case("crop_index_beyond_max", g_crop(load("astronaut.png"), index=65), INVALID, "3", ("index",)),
     Case("paste_face_wrong_size", g_paste(empty(64, 64)), CLEAR, "Paste Back"),
     Case("paste_reference_other_size", g_paste(empty(128, 128), reference=empty(100, 100)), CLEAR, "Paste Back"),
@@ -371,7 +368,7 @@ CASES = [
     Case("shading_strength_nan", g_shading(light_strength=NAN), OURS, "Shading Sampler", ("light_strength",)),
     Case("shading_maps_mixed_sizes", g_shading(hf_image=empty(128, 128)), OURS, "Shading Sampler", ("hf_map",)),
     # --- harmonize (nodes/harmonize.py)
-    Case("harmonize_cfg_nan", g_harmonize(cfg=NAN), OURS, "Harmonize", ("cfg",), xfail=HARMONIZE_NAN),
+    Case("harmonize_cfg_nan", g_harmonize(cfg=NAN), OURS, "Harmonize", ("cfg",)),
     Case("harmonize_seed_max_batch_2", g_harmonize(image=empty(64, 64, 2, 0x808080), seed=2 ** 64 - 1), OK),
     Case("harmonize_mask_wrong_size", g_harmonize(mask={"class_type": "SolidMask", "inputs": {
         "value": 1.0, "width": 32, "height": 32}}), OURS, "Harmonize", ("32x32",)),
