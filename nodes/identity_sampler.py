@@ -22,7 +22,7 @@ import torch
 
 from . import comfy_compat
 from .common import CATEGORY, MegaPortraitError, check_bool, check_image, check_number
-from .sampling import Progress, apply_controlnet, check_controlnet, decode, encode, prepare_noise, sampling_inputs
+from .sampling import Progress, apply_controlnet, check_controlnet, decode, encode, prepare_noise, sampling_inputs, sampling_kind
 
 LOCKSTEP_SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m")
 
@@ -51,6 +51,12 @@ def _partial_controlnets(conditioning) -> bool:
                 return True
             c = getattr(c, "previous_controlnet", None)
     return False
+
+
+def _partial_conditioning(conditioning) -> bool:
+    """True when a conditioning applies to only part of the schedule (ConditioningSetTimestepRange): ComfyUI picks
+    conds by the first sample's sigma, which would differ between lock-stepped branches."""
+    return any((d.get("start_percent", 0.0), d.get("end_percent", 1.0)) != (0.0, 1.0) for _, d in conditioning)
 
 
 def lockstep_function(kind: str, sig: torch.Tensor, noise: torch.Tensor, model_sampling, max_denoise: list, b: int):
@@ -125,7 +131,8 @@ def dual_sample(node: str, model, positive, negative, latent: dict, seed: int, s
         return branch(ref_model, reference_denoise), branch(model, source_denoise), "sequential"
     mask = latent.get("noise_mask")
     lockstep = (share_passes and ref_model is model and sampler_name in LOCKSTEP_SAMPLERS and mask is None
-                and not _partial_controlnets(positive) and not _partial_controlnets(negative))
+                and sampling_kind(_model_sampling(model)) != "flow"     # (its noise scaling is not the lock-step one)
+                and not any(_partial_controlnets(c) or _partial_conditioning(c) for c in (positive, negative)))
     if not lockstep:
         ref = comfy_nodes.common_ksampler(ref_model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                                           denoise=reference_denoise)[0]["samples"]

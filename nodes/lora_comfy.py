@@ -25,6 +25,7 @@ from . import families
 from . import lora_training as lt
 from .common import MegaPortraitError, log
 from .lora_files import TRAIN_KEY, export_kohya, import_kohya, lora_parameters
+from .sampling import sampling_kind
 
 RESUME_SUFFIX = ".megaportrait-resume"
 
@@ -43,14 +44,6 @@ def model_family(model) -> dict:
     fam = family_of(model)
     return {"family": type(base.model_config).__name__, "name": fam.name, "base_model_version": fam.base_model_version,
             "model_class": type(base).__name__, "context_dim": int(base.model_config.unet_config.get("context_dim") or 0)}
-
-
-def sampling_kind(model_sampling) -> str:
-    """'discrete' (DDPM timesteps), 'continuous' (EDM / continuous-v sigmas) or 'flow' (rectified flow)."""
-    names = {c.__name__ for c in type(model_sampling).__mro__}
-    if "CONST" in names or any("Flow" in n for n in names):
-        return "flow"
-    return "discrete" if "ModelSamplingDiscrete" in names else "continuous"
 
 
 def loss_kind(model_sampling) -> str:

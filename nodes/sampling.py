@@ -45,6 +45,15 @@ def sampling_inputs(steps: int = 20, cfg: float = 5.0, sampler: str = "euler", s
     }
 
 
+def sampling_kind(model_sampling) -> str:
+    """'discrete' (DDPM timesteps), 'continuous' (EDM / continuous-v sigmas) or 'flow' (rectified flow) for a
+    ComfyUI model_sampling object, from its class names."""
+    names = {c.__name__ for c in type(model_sampling).__mro__}
+    if "CONST" in names or any("Flow" in n for n in names):
+        return "flow"
+    return "discrete" if "ModelSamplingDiscrete" in names else "continuous"
+
+
 def schedule(model, sampler_name: str, scheduler: str, steps: int) -> torch.Tensor:
     """The sigmas KSampler would use for ``steps`` steps at denoise 1 (on the CPU)."""
     import comfy.samplers

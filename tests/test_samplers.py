@@ -116,6 +116,29 @@ def test_reference_model_and_share_passes_off(comfy, S, face):
     assert close(src_b, src_off)
 
 
+def test_partial_schedule_conditioning_and_flow_models_run_sequentially(comfy, S, face):
+    """A conditioning limited to part of the schedule (ConditioningSetTimestepRange) and a flow-matching
+    model_sampling (CONST noise scaling) cannot share passes exactly: both branches then equal their KSampler runs."""
+    m, c, v, net, pos, neg = kit(comfy, "sd15")
+    with torch.inference_mode():
+        lat = {"samples": v.encode(face)}
+        late = comfy.nodes.NODE_CLASS_MAPPINGS["ConditioningSetTimestepRange"]().set_range(pos, 0.5, 1.0)[0]
+        partial = late + comfy.nodes.NODE_CLASS_MAPPINGS["ConditioningSetTimestepRange"]().set_range(neg, 0.0, 0.5)[0]
+        ref, src, mode = S.ids.dual_sample("t", m, partial, neg, lat, 2, 6, 5.0, "euler", "karras", 0.35, 0.7)
+    assert mode == "sequential"
+    assert close(ref, ksampler(comfy, m, partial, neg, lat, 2, 6, "euler", 0.35))
+    assert close(src, ksampler(comfy, m, partial, neg, lat, 2, 6, "euler", 0.7))
+    flow_patch = comfy.nodes.NODE_CLASS_MAPPINGS.get("ModelSamplingSD3")
+    if flow_patch is None:
+        pytest.skip("this ComfyUI (early 2024) has no flow-matching model sampling")
+    with torch.inference_mode():
+        mf = flow_patch().patch(m, 3.0)[0]
+        ref, src, mode = S.ids.dual_sample("t", mf, pos, neg, lat, 2, 6, 5.0, "euler", "simple", 0.35, 0.7)
+    assert mode == "sequential"
+    assert close(ref, ksampler(comfy, mf, pos, neg, lat, 2, 6, "euler", 0.35, scheduler="simple"))
+    assert close(src, ksampler(comfy, mf, pos, neg, lat, 2, 6, "euler", 0.7, scheduler="simple"))
+
+
 def test_identity_sampler_controlnet(comfy, S, face):
     m, c, v, net, pos, neg = kit(comfy, "sd15")
     node = S.ids.DualStrengthIdentitySampler()
