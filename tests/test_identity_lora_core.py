@@ -124,6 +124,23 @@ def _toy_problem(il, seed=0):
     return m, [{"params": il.lora_parameters(m), "lr": 1e-2}], loss_fn
 
 
+def _interrupted_run(il, cfg, stop_after: int, scaler=None):
+    """(module, state) of a toy run whose interrupt check raises after ``stop_after`` completed steps."""
+    class Stop(Exception):
+        pass
+    m, g, f = _toy_problem(il)
+    st = il.TrainState()
+    calls = {"n": 0}
+
+    def interrupt():
+        calls["n"] += 1
+        if calls["n"] > stop_after:
+            raise Stop()
+    with pytest.raises(Stop):
+        il.train_loop(f, g, cfg, st, device=torch.device("cpu"), check_interrupt=interrupt, scaler=scaler)
+    return m, st
+
+
 def test_train_loop_learns_and_is_deterministic(il):
     cfg = il.TrainConfig(steps=150, seed=0, learning_rate=1e-2)
     m1, g1, f1 = _toy_problem(il)
@@ -141,18 +158,7 @@ def test_interrupt_checkpoint_resume_matches_uninterrupted(il, tmp_path):
     ref_m, ref_g, ref_f = _toy_problem(il)
     ref = il.train_loop(ref_f, ref_g, cfg, il.TrainState(), device=torch.device("cpu"))
 
-    class Stop(Exception):
-        pass
-    m, g, f = _toy_problem(il)
-    st = il.TrainState()
-    calls = {"n": 0}
-
-    def interrupt():
-        calls["n"] += 1
-        if calls["n"] > 23:
-            raise Stop()
-    with pytest.raises(Stop):
-        il.train_loop(f, g, cfg, st, device=torch.device("cpu"), check_interrupt=interrupt)
+    m, st = _interrupted_run(il, cfg, 23)
     assert st.step == 23
     # checkpoint through the safetensors resume format, then continue in a fresh "process"
     path = str(tmp_path / "x.megaportrait-resume")
@@ -190,18 +196,7 @@ def test_scaled_run_resume_matches_uninterrupted(il, tmp_path):
     assert ref_scaler.get_scale() != 2.0 ** 118                      # the scale did move
     assert sum(ref.losses[-5:]) < sum(ref.losses[:5])                # and it still learned
 
-    class Stop(Exception):
-        pass
-    m, g, f = _toy_problem(il)
-    st = il.TrainState()
-    calls = {"n": 0}
-
-    def interrupt():
-        calls["n"] += 1
-        if calls["n"] > 17:
-            raise Stop()
-    with pytest.raises(Stop):
-        il.train_loop(f, g, cfg, st, device=torch.device("cpu"), check_interrupt=interrupt, scaler=_scaler())
+    m, st = _interrupted_run(il, cfg, 17, scaler=_scaler())
     assert st.step == 17 and st.scaler_state and st.scaler_state["scale"] != 2.0 ** 118
     path = str(tmp_path / "s.megaportrait-resume")
     family = {"family": "Toy", "context_dim": 16}

@@ -348,6 +348,16 @@ TIPS_FULL = ("MegaPortrait, full pipeline.\n\n1. Put 3-20 photos of the person i
              "Keep the trigger word (sks) in the prompt.")
 
 
+def _analysis_and_saved_lora(g, ckpt):
+    """The Face Analysis Loader and a Load Identity LoRA on the checkpoint (workflows that do not train)."""
+    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
+               backend="dlib", det_threshold=0.3, det_size=640)
+    lora = g.add("MegaPortraitLoadIdentityLora", "Load Identity LoRA", (X[1], 160), "Identity Net: training",
+                 model=ckpt.out(0), clip=ckpt.out(1), lora_name="megaportrait/identity.safetensors", strength_model=1.0,
+                 strength_clip=1.0)
+    return fa, lora
+
+
 def build_all(spec) -> dict:
     graphs = {}
     for family, res in (("sd15", 512), ("sdxl", 1024)):
@@ -365,11 +375,7 @@ def build_all(spec) -> dict:
 
     g = Graph("megaportrait_with_lora", "MegaPortrait with an identity LoRA you already trained (no training).", spec)
     ckpt, vae, tile, detail, inpaint = _models_and_prompts(g, "sd15", train=False)
-    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
-               backend="dlib", det_threshold=0.3, det_size=640)
-    lora = g.add("MegaPortraitLoadIdentityLora", "Load Identity LoRA", (X[1], 160), "Identity Net: training",
-                 model=ckpt.out(0), clip=ckpt.out(1), lora_name="megaportrait/identity.safetensors", strength_model=1.0,
-                 strength_clip=1.0)
+    fa, lora = _analysis_and_saved_lora(g, ckpt)
     _pipeline(g, "sd15", lora.out(0), lora.out(1), vae, fa, tile, detail, inpaint, 512, None)
     g.note("MegaPortrait with an existing identity LoRA.\n\nPick your LoRA in 'Load Identity LoRA' (trained with the full "
            "or training-only workflow) and use its prompt's trigger word in the positive prompt.", (X[0], 620),
@@ -380,11 +386,7 @@ def build_all(spec) -> dict:
                                     "Face Crop crops every face, the samplers re-render the batch of faces, Paste Back "
                                     "puts them all back and Harmonize fuses every seam.", spec)
     ckpt, vae, tile, detail, inpaint = _models_and_prompts(g, "sd15", train=False)
-    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
-               backend="dlib", det_threshold=0.3, det_size=640)
-    lora = g.add("MegaPortraitLoadIdentityLora", "Load Identity LoRA", (X[1], 160), "Identity Net: training",
-                 model=ckpt.out(0), clip=ckpt.out(1), lora_name="megaportrait/identity.safetensors", strength_model=1.0,
-                 strength_clip=1.0)
+    fa, lora = _analysis_and_saved_lora(g, ckpt)
     _pipeline(g, "sd15", lora.out(0), lora.out(1), vae, fa, tile, detail, inpaint, 512, None, reference="group_photo.png",
               selection="every face (left to right)", min_face_size=32)
     g.note("MegaPortrait on a group photo: every face gets the identity of one LoRA.\n\nLoad the group photo as the "
