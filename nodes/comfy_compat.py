@@ -63,7 +63,30 @@ def checkpoint_state_dict(base_model, unet_sd: dict, clip_sd: dict | None, vae_s
     return base_model.state_dict_for_saving(clip_sd, vae_sd)
 
 
+def is_inpaint_model(model) -> bool:
+    """True for inpainting models (input channels for a mask and a masked image besides the latent). The
+    early-2024 host flags SD inpainting checkpoints with ``BaseModel.inpaint_model``, later ComfyUI lists
+    ``concat_keys`` instead (2024); FLUX.1 Fill (ComfyUI from Aug 2024) has neither: its ``img_in`` simply takes
+    more channels than the model puts out."""
+    base = model.model
+    if getattr(base, "inpaint_model", False) or getattr(base, "concat_keys", ()):
+        return True
+    cfg = getattr(base.model_config, "unet_config", {}) or {}
+    return cfg.get("image_model") == "flux" and int(cfg.get("in_channels") or 0) > int(cfg.get("out_channels") or 0)
+
+
 # ------------------------------------------------------------------------------------------- ControlNet
+def set_union_control_type(control_net, index: int):
+    """A copy of a union ControlNet (one model, several control modes) set to mode ``index``. ControlNets take
+    extra arguments such as ``control_type`` since July 2024 (SDXL and Flux union models); the early-2024 host
+    has no union ControlNets."""
+    if not hasattr(control_net, "set_extra_arg"):
+        raise RuntimeError("this ComfyUI has no union ControlNets (they came in July 2024): update ComfyUI")
+    c = control_net.copy()
+    c.set_extra_arg("control_type", [int(index)])
+    return c
+
+
 def apply_controlnet_advanced(positive, negative, control_net, image: torch.Tensor, strength: float, start: float,
                               end: float, vae=None):
     """The stock ControlNetApplyAdvanced. It takes the VAE (for ControlNets that work in latent space, SD3/Flux)

@@ -15,6 +15,13 @@ _SD_TARGETS = {
     "attention + feed-forward": r".*(\.attn[12]\.(to_q|to_k|to_v|to_out\.0)|\.ff\.net\.0\.proj|\.ff\.net\.2)",
 }
 _CLIP_TE_TARGETS = r".*self_attn\.(q_proj|k_proj|v_proj|out_proj)"
+# Flux.1 (BFL module names): the double blocks' attention (qkv + proj of the image and text streams) / + their MLPs;
+# a single block's linear1 (qkv + MLP in) and linear2 (attention out + MLP out) are fused, so both count as attention
+_FLUX_TARGETS = {
+    "attention": r"(double_blocks\.\d+\.(img|txt)_attn\.(qkv|proj)|single_blocks\.\d+\.linear[12])",
+    "attention + feed-forward": r"(double_blocks\.\d+\.((img|txt)_attn\.(qkv|proj)|(img|txt)_mlp\.[02])"
+                                r"|single_blocks\.\d+\.linear[12])",
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class Family:
     target: str = "eps"            # training target by default: eps | v | flow (the MODEL's model_sampling decides)
     guidance: str = "cfg"          # cfg (classifier-free) | embedded (guidance-distilled: a guidance input)
     trainable: bool = True         # the identity LoRA trainer supports it
+    train_guidance: float | None = None   # guidance input while training (guidance-distilled models)
+    te_trainable: tuple = ()       # ComfyUI CLIP attributes whose LoRA the trainer can train (() = all of them)
 
 
 FAMILIES = (
@@ -44,8 +53,8 @@ FAMILIES = (
     Family("SDXL", "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", ("SDXL", "SDXLRefiner"), 4, 8, 2048,
            (("clip_l", "lora_te1"), ("clip_g", "lora_te2")), "lora_unet", _SD_TARGETS, default_resolution=1024),
     Family("Flux.1", "flux1", "flux-1-dev/lora", ("Flux",), 16, 8, 4096,
-           (("clip_l", "lora_te1"), ("t5xxl", "lora_te2")), "lora_unet", {}, default_resolution=1024,
-           target="flow", guidance="embedded", trainable=False),
+           (("clip_l", "lora_te1"), ("t5xxl", "lora_te2")), "lora_unet", _FLUX_TARGETS, default_resolution=1024,
+           target="flow", guidance="embedded", train_guidance=1.0, te_trainable=("clip_l",)),
 )
 
 
@@ -60,6 +69,14 @@ def by_model_classes(class_names: set[str], context_dim: int) -> Family:
     if "SD21UNCLIP" in class_names:
         return next(fam for fam in plain if fam.name == "SD2.x")
     return next((fam for fam in plain if fam.context_dim == context_dim), plain[0])
+
+
+def of_model(model) -> Family:
+    """The row for a ComfyUI MODEL (a ModelPatcher), from its BaseModel's classes and text width (duck-typed)."""
+    base = model.model
+    cfg = base.model_config.unet_config
+    width = int(cfg.get("context_dim") or cfg.get("context_in_dim") or 0)
+    return by_model_classes({c.__name__ for c in type(base).__mro__}, width)
 
 
 def by_context_dim(context_dim: int) -> Family | None:

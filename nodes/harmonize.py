@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import comfy_compat, families
 from .common import CATEGORY, MegaPortraitError, check_image, check_int, check_mask, check_number
+from .lora_files import load_lora_file
 from .sampling import apply_controlnet, check_controlnet, decode, sampling_inputs
 
 
@@ -81,9 +83,12 @@ def inpaint_hint(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def harmonize_one(node: str, model, positive, negative, vae, image: torch.Tensor, mask: torch.Tensor, seed: int,
                   steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float, grow: int, feather: int,
-                  crop_to_mask: bool, padding: float, resolution: int, control_net=None, control_strength: float = 1.0):
+                  crop_to_mask: bool, padding: float, resolution: int, control_net=None, control_strength: float = 1.0,
+                  inpaint: bool = False):
     """One image [H, W, C] and mask [H, W] -> (image [H, W, C], [sampled latent dict per part]). With crop_to_mask,
-    every separate part of the mask is sampled in its own box (the same seed), left to right."""
+    every separate part of the mask is sampled in its own box (the same seed), left to right. ``inpaint``: ``model``
+    is an inpainting model (FLUX.1 Fill, SD inpainting), conditioned on the masked image as the stock
+    InpaintModelConditioning does; otherwise masked img2img."""
     m = prepare_mask(mask, grow, feather)
     if float(m.max()) <= 0.0 or denoise <= 0:
         return image.clone(), []
@@ -91,13 +96,13 @@ def harmonize_one(node: str, model, positive, negative, vae, image: torch.Tensor
     latents = []
     for part in (mask_parts(m) if crop_to_mask else [m]):
         lat = _sample_part(model, positive, negative, vae, out, part, seed, steps, cfg, sampler_name, scheduler, denoise,
-                           crop_to_mask, padding, resolution, control_net, control_strength)
+                           crop_to_mask, padding, resolution, control_net, control_strength, inpaint)
         latents.append(lat)
     return out, latents
 
 
 def _sample_part(model, positive, negative, vae, out: torch.Tensor, m: torch.Tensor, seed, steps, cfg, sampler_name,
-                 scheduler, denoise, crop_to_mask, padding, resolution, control_net, control_strength) -> dict:
+                 scheduler, denoise, crop_to_mask, padding, resolution, control_net, control_strength, inpaint) -> dict:
     """Inpaint where the prepared mask ``m`` [H, W] is > 0 and stitch the result into ``out`` [H, W, C] in place."""
     import nodes as comfy_nodes
     h, w = out.shape[:2]
@@ -116,10 +121,13 @@ def _sample_part(model, positive, negative, vae, out: torch.Tensor, m: torch.Ten
         pad = (0, 0, 0, ww - (x1 - x0), 0, wh - (y1 - y0))
         work = F.pad(box_img.permute(0, 3, 1, 2), pad[2:], mode="replicate").permute(0, 2, 3, 1)
         work_m = F.pad(box_m[None, None], pad[2:], mode="constant", value=0.0)[0, 0]
-    latent = {"samples": vae.encode(work), "noise_mask": work_m[None, None]}
     pos, neg = positive, negative
     if control_net is not None and control_strength > 0:
         pos, neg = apply_controlnet(pos, neg, control_net, inpaint_hint(work, work_m), control_strength, 0.0, 1.0, vae)[:2]
+    if inpaint:     # the stock node: masked image + mask as the model's extra inputs, noise mask on the latent
+        pos, neg, latent = comfy_nodes.InpaintModelConditioning().encode(pos, neg, work, vae, work_m[None])
+    else:
+        latent = {"samples": vae.encode(work), "noise_mask": work_m[None, None]}
     sampled = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos, neg, latent,
                                           denoise=denoise)[0]
     gen = decode(vae, sampled["samples"])
@@ -133,10 +141,42 @@ def _sample_part(model, positive, negative, vae, out: torch.Tensor, m: torch.Ten
     return sampled
 
 
+def with_guidance(conditioning: list, guidance: float) -> list:
+    """A copy of a CONDITIONING with its guidance input set (what the stock FluxGuidance node does)."""
+    return [[t, {**d, "guidance": guidance}] for t, d in conditioning]
+
+
+def inpaint_setup(node: str, model, inpaint_model, positive, lora_name: str | None, strength: float, fill_guidance: float):
+    """(the model to sample with, its positive conditioning) when an inpainting model is given: the inpainting model
+    with the identity LoRA (``lora_name`` from the loras folder, as the stock LoraLoader applies it) and, for
+    FLUX.1 Fill, its guidance."""
+    if not comfy_compat.is_inpaint_model(inpaint_model):
+        raise MegaPortraitError(node, "inpaint_model is not an inpainting model (it has no mask / masked-image inputs).",
+                                "connect FLUX.1 Fill or an SD inpainting checkpoint, or leave inpaint_model empty to "
+                                "inpaint with model (masked img2img).")
+    fam, ifam = families.of_model(model), families.of_model(inpaint_model)
+    if fam.name != ifam.name:
+        raise MegaPortraitError(node, f"inpaint_model is {ifam.name} but model (and the prompt) is {fam.name}.",
+                                f"use an inpainting model of the {fam.name} family.")
+    if lora_name:
+        import comfy.sd
+        import folder_paths
+        path = folder_paths.get_full_path("loras", lora_name)
+        if path is None:
+            raise MegaPortraitError(node, f"LoRA '{lora_name}' is not in the loras folder.",
+                                    "wire the Identity LoRA Trainer's lora_name output, or train the LoRA first.")
+        sd, _ = load_lora_file(node, path)
+        inpaint_model = comfy.sd.load_lora_for_models(inpaint_model, None, sd, strength, 0.0)[0]
+    if ifam.guidance == "embedded":
+        positive = with_guidance(positive, fill_guidance)
+    return inpaint_model, positive
+
+
 class Harmonize:
     DESCRIPTION = ("MegaPortrait Harmonization Net: inpaints around the pasted face's seam (or the whole face) so face and "
-                   "body fuse. crop_to_mask samples only a padded box around the mask at a working resolution and "
-                   "stitches it back; pixels outside the feathered mask are exactly the input's.")
+                   "body fuse, with model (masked img2img) or an inpainting model (FLUX.1 Fill, SD inpainting). "
+                   "crop_to_mask samples only a padded box around the mask at a working resolution and stitches it back; "
+                   "pixels outside the feathered mask are exactly the input's.")
     CATEGORY = f"{CATEGORY}/Sampling"
     RETURN_TYPES = ("IMAGE", "LATENT")
     RETURN_NAMES = ("image", "latent")
@@ -179,11 +219,24 @@ class Harmonize:
                                                        "hint is the region with masked pixels set to -1."}),
             "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
                                  "Inpainting ControlNet strength."}),
+            "inpaint_model": ("MODEL", {"tooltip": "Optional inpainting model (FLUX.1 Fill, or an SD inpainting checkpoint "
+                                                   "of model's family): when connected it inpaints instead of model, "
+                                                   "conditioned on the masked image; otherwise model does masked img2img."}),
+            "lora_name": ("STRING", {"forceInput": True, "tooltip": "Optional: the Identity LoRA Trainer's lora_name, "
+                                     "applied to inpaint_model so the inpainted region keeps the identity."}),
+            "inpaint_lora_strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.01, "tooltip":
+                                      "Strength of lora_name on inpaint_model."}),
+            "fill_guidance": ("FLOAT", {"default": 30.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
+                              "Guidance given to a FLUX.1 Fill inpaint_model (30 is its recommended value; the prompt's "
+                              "FluxGuidance is for the dev model)."}),
         }}
 
     def harmonize(self, model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler, denoise,
-                  grow, feather, crop_to_mask, padding, working_resolution, control_net=None, control_strength=1.0):
+                  grow, feather, crop_to_mask, padding, working_resolution, control_net=None, control_strength=1.0,
+                  inpaint_model=None, lora_name=None, inpaint_lora_strength=1.0, fill_guidance=30.0):
         node = "Harmonize"
+        inpaint_lora_strength = check_number(node, "inpaint_lora_strength", inpaint_lora_strength, -4.0, 4.0)
+        fill_guidance = check_number(node, "fill_guidance", fill_guidance, 0.0, 100.0)
         cfg, denoise = check_number(node, "cfg", cfg, 0.0, 100.0), check_number(node, "denoise", denoise, 0.0, 1.0)
         padding = check_number(node, "padding", padding, 0.0, 4.0)
         control_strength = check_number(node, "control_strength", control_strength, 0.0, 10.0)
@@ -195,13 +248,16 @@ class Harmonize:
             raise MegaPortraitError(node, "no mask given.", "connect Paste Back's seam_mask or face_mask.")
         if working_resolution % 8:
             raise MegaPortraitError(node, f"working_resolution {working_resolution} is not a multiple of 8.", "use 512 or 1024.")
+        if inpaint_model is not None:
+            model, positive = inpaint_setup(node, model, inpaint_model, positive, lora_name, inpaint_lora_strength,
+                                            fill_guidance)
         if control_net is not None and control_strength > 0:
             check_controlnet(node, "control_net", control_net, model)
         images, latents = [], []
         for i in range(image.shape[0]):
             out, lats = harmonize_one(node, model, positive, negative, vae, image[i], mask[i], (seed + i) % 2 ** 64, steps,
                                       cfg, sampler_name, scheduler, denoise, grow, feather, crop_to_mask, padding,
-                                      working_resolution, control_net, control_strength)
+                                      working_resolution, control_net, control_strength, inpaint_model is not None)
             images.append(out)
             latents.append(lats[0] if len(lats) == 1 else None)
         shapes = {tuple(lat["samples"].shape[1:]) for lat in latents if lat is not None}

@@ -33,9 +33,7 @@ RESUME_SUFFIX = ".megaportrait-resume"
 # ------------------------------------------------------------------------------------------- the model
 def family_of(model) -> families.Family:
     """The row of the family table for a MODEL."""
-    base = model.model
-    names = {c.__name__ for c in type(base).__mro__}
-    return families.by_model_classes(names, int(base.model_config.unet_config.get("context_dim") or 0))
+    return families.of_model(model)
 
 
 def model_family(model) -> dict:
@@ -47,9 +45,20 @@ def model_family(model) -> dict:
 
 
 def loss_kind(model_sampling) -> str:
-    """'v' for v-prediction and EDM models (loss in v space), else 'eps'."""
+    """'v' for v-prediction and EDM models (loss in v space), 'flow' for rectified-flow models (loss in velocity
+    space), else 'eps'."""
+    if sampling_kind(model_sampling) == "flow":
+        return "flow"
     names = {c.__name__ for c in type(model_sampling).__mro__}
     return "v" if names & {"V_PREDICTION", "EDM", "V_PREDICTION_EDM"} else "eps"
+
+
+def noisy_latent(model_sampling, kind: str, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The training input at ``sigma``: x0 + sigma * noise (eps, v), or the model's own interpolation between
+    data and noise for flow models (``noise_scaling``: sigma * noise + (1 - sigma) * x0)."""
+    if kind == "flow":
+        return model_sampling.noise_scaling(sigma, noise, x0)
+    return x0 + noise * sigma.view(-1, *([1] * (x0.ndim - 1)))
 
 
 def draw_sigmas(model_sampling, bs: int, gen: torch.Generator) -> torch.Tensor:
@@ -65,22 +74,32 @@ def draw_sigmas(model_sampling, bs: int, gen: torch.Generator) -> torch.Tensor:
 
 def check_trainable(node: str, model) -> None:
     base = model.model
-    if getattr(base, "inpaint_model", False) or getattr(base, "concat_keys", ()):
-        raise MegaPortraitError(node, "this MODEL is an inpainting checkpoint (extra input channels).",
-                                "train the identity LoRA on the base (non-inpainting) checkpoint.")
+    if compat.is_inpaint_model(model):
+        raise MegaPortraitError(node, "this MODEL is an inpainting model (extra input channels, e.g. an SD inpainting "
+                                      "checkpoint or FLUX.1 Fill).",
+                                "train the identity LoRA on the base model (e.g. FLUX.1-dev, not Fill); the LoRA "
+                                "then also applies to the inpainting model in Harmonize.")
     fam = family_of(model)
-    if not fam.trainable or sampling_kind(compat.model_object(model, "model_sampling")) == "flow":
-        raise MegaPortraitError(node, f"this MODEL ({fam.name}, {type(base.model_config).__name__}) is a flow-matching "
-                                      "model (Flux, SD3, ...), which the identity LoRA trainer does not support yet.",
-                                "train on an SD1.x, SD2.x or SDXL checkpoint (EDM and v-prediction ones included).")
+    flow = sampling_kind(compat.model_object(model, "model_sampling")) == "flow"
+    if not fam.trainable or not fam.lora_targets:
+        raise MegaPortraitError(node, f"this MODEL ({fam.name}, {type(base.model_config).__name__}) is a model family "
+                                      "the identity LoRA trainer does not support.",
+                                "train on an SD1.x, SD2.x, SDXL or Flux.1 model (EDM and v-prediction SD ones included).")
+    if flow != (fam.target == "flow"):
+        raise MegaPortraitError(node, f"this MODEL ({fam.name}, {type(base.model_config).__name__}) samples with "
+                                      f"{'flow matching' if flow else 'noise prediction'} (a model sampling patch such "
+                                      f"as ModelSamplingSD3?), which the identity LoRA trainer does not support for "
+                                      f"{fam.name}.",
+                                "train on the model as its loader returns it (flow matching is supported for Flux.1).")
 
 
 def te_modules(model, te) -> dict:
     """Text encoders of a ComfyUI CLIP model: {kohya prefix: text transformer module}, per the family table."""
     fam = family_of(model)
-    mods = {prefix: getattr(te, attr).transformer for attr, prefix in fam.text_encoders
+    wanted = [(a, p) for a, p in fam.text_encoders if not fam.te_trainable or a in fam.te_trainable]
+    mods = {prefix: getattr(te, attr).transformer for attr, prefix in wanted
             if isinstance(getattr(te, attr, None), torch.nn.Module)}
-    if len(mods) != len(fam.text_encoders):
+    if len(mods) != len(wanted):
         raise ValueError(f"the CLIP has not the text encoders of {fam.name} "
                          f"({', '.join(a for a, _ in fam.text_encoders)})")
     return mods
@@ -133,10 +152,10 @@ def training_key(model, clip, vae, images: torch.Tensor, prompt: str, cfg: lt.Tr
 
 
 # ------------------------------------------------------------------------------------------- training
-def _memory_for_training(base, bs: int, h: int, w: int, checkpointing: bool) -> int:
+def _memory_for_training(base, fam: families.Family, bs: int, h: int, w: int, checkpointing: bool) -> int:
     """Bytes training needs on the device beyond the weights: a few times what one inference pass needs (the
     activations are kept for backward), less with gradient checkpointing."""
-    shape = (bs, 4, h // 8, w // 8)
+    shape = (bs, fam.latent_channels, h // fam.latent_scale, w // fam.latent_scale)
     try:
         one = int(base.memory_required(shape))
     except Exception:
@@ -198,7 +217,8 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
             patchers.append(te_patcher)
         # as samplers load: ComfyUI keeps the training memory free, unloading other models (or splitting these,
         # low-VRAM) only when it must; the twin's layers then cast their weights per call like ComfyUI's own
-        mm.load_models_gpu(patchers, memory_required=_memory_for_training(patcher.model, cfg.batch_size, h, w,
+        fam = family_of(model)
+        mm.load_models_gpu(patchers, memory_required=_memory_for_training(patcher.model, fam, cfg.batch_size, h, w,
                                                                            gradient_checkpointing))
         # 3. the twin, with the sampling the MODEL samples with (object patches included)
         base = lt.shadow_module(patcher.model)
@@ -212,7 +232,6 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
         lt.clone_norm_inputs(base.diffusion_model, norms)
         if gradient_checkpointing:
             lt.enable_checkpointing(base.diffusion_model)
-        fam = family_of(model)
         unet_names = lt.inject_lora(base.diffusion_model, fam.lora_targets[cfg.target], cfg.rank, cfg.alpha, cfg.seed)
         groups = [{"params": lora_parameters(base.diffusion_model), "lr": cfg.learning_rate}]
         te, te_mods = None, {}
@@ -253,6 +272,8 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
             kw = {"cross_attn": c.expand(bs, *c.shape[1:])}
             if p is not None:
                 kw["pooled_output"] = p.expand(bs, *p.shape[1:])
+            if fam.train_guidance is not None:     # guidance-distilled models (Flux.1 dev): the guidance input
+                kw["guidance"] = fam.train_guidance
             extra = base.extra_conds(width=w, height=h, crop_w=0, crop_h=0, target_width=w, target_height=h,
                                      device=device, noise=x0, **kw)
             args = {k: (v.cond.to(device) if torch.is_tensor(v.cond) else v.cond) for k, v in extra.items()}
@@ -267,7 +288,7 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
             noise = torch.randn(x0.shape, generator=gen).to(device)
             sigma = draw_sigmas(ms, bs, gen).to(device)
             args = model_args(bs, x0)
-            x_noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
+            x_noisy = noisy_latent(ms, kind, x0, noise, sigma)
             with lt.autocast(device, dtype):
                 denoised = base.apply_model(x_noisy, sigma, **args)
             return lt.native_loss(denoised, x0, sigma, kind, sigma_data)

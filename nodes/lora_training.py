@@ -178,7 +178,9 @@ def native_loss(denoised: torch.Tensor, latent: torch.Tensor, sigma: torch.Tenso
                 sigma_data: float = 1.0) -> torch.Tensor:
     """MSE in the model's native target space, computed from its x0 prediction.
 
-    eps: ((x0 - x0_hat) / sigma)^2 == (eps_hat - eps)^2;  v: the same times (sigma^2 + sd^2) / sd^2."""
+    eps: ((x0 - x0_hat) / sigma)^2 == (eps_hat - eps)^2;  v: the same times (sigma^2 + sd^2) / sd^2;
+    flow (x = sigma * eps + (1 - sigma) * x0, velocity u = eps - x0, x0_hat = x - sigma * u_hat):
+    ((x0 - x0_hat) / sigma)^2 == (u_hat - u)^2, the rectified-flow loss."""
     s = sigma.view(-1, *([1] * (latent.ndim - 1))).float()
     w = 1.0 / s ** 2
     if kind == "v":

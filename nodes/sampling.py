@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import comfy_compat
+from . import comfy_compat, families
 from .common import MegaPortraitError
 from .families import describe_context_dim
 
@@ -137,16 +137,22 @@ def _context_dim_of_controlnet(control_net) -> int | None:
     cm = getattr(control_net, "control_model", None)
     if not isinstance(cm, torch.nn.Module):
         return None
-    for name, mod in cm.named_modules():
-        if name.endswith("attn2.to_k") and hasattr(mod, "weight"):
+    for name, mod in cm.named_modules():   # SD UNet ControlNets cross-attend (attn2), Flux ones read text (txt_in)
+        if (name.endswith("attn2.to_k") or name == "txt_in") and hasattr(mod, "weight"):
             return int(mod.weight.shape[1])
     return None
 
 
 def model_context_dim(model) -> int | None:
     cfg = getattr(model.model.model_config, "unet_config", {}) or {}
-    cd = cfg.get("context_dim")
+    cd = cfg.get("context_dim") or cfg.get("context_in_dim")
     return int(cd) if cd else None
+
+
+def latent_zeros(model, batch: int, height: int, width: int) -> torch.Tensor:
+    """An empty latent for ``model`` at a pixel size (4 channels for SD, 16 for Flux.1: the family table)."""
+    fam = families.of_model(model)
+    return torch.zeros(batch, fam.latent_channels, height // fam.latent_scale, width // fam.latent_scale)
 
 
 def check_controlnet(node: str, input_name: str, control_net, model) -> None:
@@ -154,6 +160,13 @@ def check_controlnet(node: str, input_name: str, control_net, model) -> None:
     clear message, instead of a shape error deep inside sampling."""
     if control_net is None:
         return
+    cm = getattr(control_net, "control_model", None)
+    cn_flux = type(cm).__name__ == "ControlNetFlux"
+    m_flux = families.of_model(model).name == "Flux.1"
+    if isinstance(cm, torch.nn.Module) and cn_flux != m_flux:
+        raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for {'Flux.1' if cn_flux else 'SD/SDXL'} but the "
+                                      f"MODEL is {families.of_model(model).name}.",
+                                "load a ControlNet made for the model's family.")
     cn_dim, m_dim = _context_dim_of_controlnet(control_net), model_context_dim(model)
     if cn_dim is not None and m_dim is not None and cn_dim != m_dim:
         raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for a model with text context {cn_dim} "

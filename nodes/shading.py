@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .common import CATEGORY, MegaPortraitError, check_image, check_number
-from .sampling import apply_controlnet, check_controlnet, decode, encode, sampling_inputs
+from . import comfy_compat
+from .common import CATEGORY, MegaPortraitError, check_choice, check_image, check_number
+from .sampling import apply_controlnet, check_controlnet, decode, encode, latent_zeros, sampling_inputs
 
 
 def _net_inputs(prefix: str, what: str, strength: float, start: float, end: float) -> dict:
@@ -111,7 +112,7 @@ class ShadingSampler:
             if h % 8 or w % 8:
                 raise MegaPortraitError(node, f"the maps are {w}x{h}; sides must be multiples of 8.", "use Face Crop sizes.")
             b = max(light_map.shape[0], hf_map.shape[0])
-            latent = {"samples": torch.zeros(b, 4, h // 8, w // 8)}
+            latent = {"samples": latent_zeros(model, b, h, w)}
             denoise = 1.0
         nb, mb = latent["samples"].shape[0], max(light_map.shape[0], hf_map.shape[0])
         for name, t in (("light_map", light_map), ("hf_map", hf_map)):
@@ -127,5 +128,80 @@ class ShadingSampler:
         return (out, decode(vae, out["samples"]))
 
 
-NODE_CLASS_MAPPINGS = {"MegaPortraitShadingSampler": ShadingSampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitShadingSampler": "Shading ControlNet Sampler (MegaPortrait)"}
+# ------------------------------------------------------------------------------------------ union ControlNets
+# Mode numbers of the union ControlNets people use, per kind (from their model cards). ComfyUI's own
+# SetUnionControlNetType numbers modes the SDXL (xinsir) way, which picks the wrong mode on the Flux ones.
+UNION_MODES = {
+    "Flux.1 union (InstantX / Shakker-Labs Union Pro)": {
+        "canny": 0, "tile": 1, "depth": 2, "blur": 3, "pose": 4, "gray": 5, "low quality": 6},
+    "SDXL union (xinsir ProMax)": {
+        "pose": 0, "depth": 1, "softedge": 2, "canny": 3, "lineart": 3, "normal": 4, "segment": 5, "tile": 6,
+        "repaint": 7},
+}
+MODE_NAMES = ("blur", "tile", "canny", "lineart", "softedge", "depth", "pose", "gray", "low quality", "normal",
+              "segment", "repaint")
+
+
+def union_kind(control_net) -> tuple[str, int] | None:
+    """(kind, number of modes) of a union ControlNet, None for a single-purpose one."""
+    cm = getattr(control_net, "control_model", None)
+    if type(cm).__name__ == "ControlNetFlux" and int(getattr(cm, "num_union_modes", 0) or 0) > 0:
+        return "Flux.1 union (InstantX / Shakker-Labs Union Pro)", int(cm.num_union_modes)
+    te = getattr(cm, "task_embedding", None)
+    if isinstance(te, torch.Tensor):
+        return "SDXL union (xinsir ProMax)", int(te.shape[0])
+    return None
+
+
+def union_mode_index(kind: str, mode: str) -> int:
+    """The mode number for a mode name on a kind of union ControlNet (ValueError naming the modes it has)."""
+    modes = UNION_MODES[kind]
+    if mode not in modes:
+        raise ValueError(f"a {kind} ControlNet has no '{mode}' mode; it has: {', '.join(modes)}")
+    return modes[mode]
+
+
+class UnionControlNetMode:
+    DESCRIPTION = ("Sets the control mode of a union ControlNet (one model, several control types) by name, with the "
+                   "right number for its kind: Flux.1 union models (InstantX, Shakker-Labs Union Pro) and SDXL union "
+                   "models (xinsir) number their modes differently. For MegaPortrait's Shading Net: 'blur' (Flux) or "
+                   "'tile' (SDXL) for the light map, 'canny' (Flux) or 'softedge'/'lineart' (SDXL) for the HF map.")
+    CATEGORY = f"{CATEGORY}/Sampling"
+    RETURN_TYPES = ("CONTROL_NET",)
+    RETURN_NAMES = ("control_net",)
+    OUTPUT_TOOLTIPS = ("A copy of the ControlNet set to that mode (the loaded one is unchanged).",)
+    FUNCTION = "set_mode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "control_net": ("CONTROL_NET", {"tooltip": "A union ControlNet from ControlNetLoader (e.g. "
+                                                       "FLUX.1-dev-ControlNet-Union-Pro)."}),
+            "mode": (list(MODE_NAMES), {"default": "blur", "tooltip": "The control type. Flux.1 union: canny, tile, "
+                                        "depth, blur, pose, gray, low quality. SDXL union: pose, depth, softedge, "
+                                        "canny/lineart, normal, segment, tile, repaint."}),
+        }}
+
+    def set_mode(self, control_net, mode):
+        node = "Union ControlNet Mode"
+        check_choice(node, "mode", mode, MODE_NAMES)
+        kind = union_kind(control_net)
+        if kind is None:
+            raise MegaPortraitError(node, "this ControlNet is not a union ControlNet (it has one control type).",
+                                    "connect it to the sampler directly, or load a union ControlNet here.")
+        try:
+            index = union_mode_index(kind[0], mode)
+        except ValueError as e:
+            raise MegaPortraitError(node, str(e) + ".", "pick one of those modes.") from e
+        if index >= kind[1]:
+            raise MegaPortraitError(node, f"this {kind[0]} ControlNet has {kind[1]} modes, not mode {mode} ({index}).",
+                                    "pick another mode.")
+        try:
+            return (comfy_compat.set_union_control_type(control_net, index),)
+        except RuntimeError as e:
+            raise MegaPortraitError(node, str(e) + ".", "update ComfyUI to use union ControlNets.") from e
+
+
+NODE_CLASS_MAPPINGS = {"MegaPortraitShadingSampler": ShadingSampler, "MegaPortraitUnionControlNetMode": UnionControlNetMode}
+NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitShadingSampler": "Shading ControlNet Sampler (MegaPortrait)",
+                              "MegaPortraitUnionControlNetMode": "Union ControlNet Mode (MegaPortrait)"}

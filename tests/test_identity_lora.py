@@ -324,7 +324,7 @@ def test_edm_sampled_model_trains(comfy, il, photos, sampling):
     assert L[-50:].mean() < L[:50].mean(), (L[:50].mean(), L[-50:].mean())
 
 
-def test_flow_models_are_refused(comfy, il, photos):
+def test_flow_sampled_sd_models_are_refused(comfy, il, photos):
     from comfyui_megaportrait.nodes.common import MegaPortraitError
     patch = comfy.nodes.NODE_CLASS_MAPPINGS.get("ModelSamplingSD3")
     if patch is None:
@@ -332,7 +332,7 @@ def test_flow_models_are_refused(comfy, il, photos):
     m, c, v = loaders(comfy)
     with torch.inference_mode():
         mf = patch().patch(m, 3.0)[0]
-    with pytest.raises(MegaPortraitError, match="flow-matching model .* does not support yet"):
+    with pytest.raises(MegaPortraitError, match="samples with flow matching .* does not support for SD1.x"):
         train(il, mf, c, v, photos, steps=2, save_name="test/flow")
     assert lora_path(comfy, "test/flow.safetensors") is None
 
