@@ -253,3 +253,43 @@ def test_fill_inpainting_runs(comfy, flux, conds, face):
     # the masked-image latent and mask reach the model (its 80 extra input channels)
     plain = dict(lat)
     assert not torch.allclose(sample(comfy, flux["fill"], pos, neg, plain), out)
+
+
+# ------------------------------------------------------------------------------------------- through the executor
+def stock_flux_graph(f: dict, seed: int = 0) -> dict:
+    """A stock Flux.1 [dev] graph (API format) on the tiny files: LoRA, FluxGuidance, union ControlNet (tile)."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": f["unet_name"], "weight_dtype": "default"}},
+        "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": f["clip_l_name"], "clip_name2": f["t5_name"],
+                                                         "type": "flux"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": f["vae_name"]}},
+        "4": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["2", 0], "lora_name": f["lora_name"],
+                                                     "strength_model": 0.8, "strength_clip": 1.0}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "portrait photo of a person", "clip": ["4", 1]}},
+        "6": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["5", 0], "guidance": 3.5}},
+        "7": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}},
+        "8": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": f["union_name"]}},
+        "9": {"class_type": "SetUnionControlNetType", "inputs": {"control_net": ["8", 0], "type": "tile"}},
+        "10": {"class_type": "LoadImage", "inputs": {"image": "astronaut.png"}},
+        "11": {"class_type": "ImageScale", "inputs": {"image": ["10", 0], "upscale_method": "area", "width": SIZE,
+                                                      "height": SIZE, "crop": "center"}},
+        "12": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["6", 0], "negative": ["7", 0], "control_net": ["9", 0], "image": ["11", 0], "strength": 0.7,
+            "start_percent": 0.0, "end_percent": 1.0, "vae": ["3", 0]}},
+        "13": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "14": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": seed, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": ["12", 0], "negative": ["12", 1], "latent_image": ["13", 0], "denoise": 1.0}},
+        "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["3", 0]}},
+        "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": "tiny_flux"}},
+    }
+
+
+def test_stock_flux_graph_runs_in_comfyui_executor(comfy, flux):
+    """The file names validate against the loaders' lists (diffusion_models, text_encoders, ...) and the graph runs
+    in ComfyUI's PromptExecutor, with the text-encoder registration in place."""
+    from PIL import Image
+    res = comfy.run(stock_flux_graph(flux))
+    (path,) = comfy.output_files(res, "16")
+    with Image.open(path) as im:
+        assert im.size == (SIZE, SIZE)

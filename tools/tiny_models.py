@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised SD1.5-shaped models for smoke runs and tests (no download, ~20 MB, < 1 s).
+"""Tiny, randomly initialised SD1.5-, SDXL- and Flux.1-shaped models for smoke runs and tests (no download, < 2 s).
 
 They load through ComfyUI's real loaders (CheckpointLoaderSimple, ControlNetLoader, LoraLoader) once the
 tiny model family is registered in the process that loads them:
