@@ -7,6 +7,7 @@ deep-copies, pickles or mutates a ComfyUI object: functions read, clone or call.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -110,10 +111,28 @@ def patch_summary(model) -> list:
 
 
 # ------------------------------------------------------------------------------------------- training
+@contextlib.contextmanager
+def training_mode():
+    """Tell ComfyUI that a model is being trained, as its own trainer does: since comfy-kitchen's fused kernels
+    (late 2025; Flux's RoPE among them), which have no backward, ``comfy.model_management.in_training`` makes the
+    models take their plain-torch paths. Older ComfyUI has no such flag and always runs plain torch."""
+    import comfy.model_management as mm
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    before = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = before
+
+
 def residual_inplace_norms() -> dict[str, tuple[str, ...]]:
     """{block class name: its norm layers} for blocks that add residuals in place (``x += f(norm(x))``), which
     breaks backward through a norm that saved x. ComfyUI's CLIPLayer does so in every version up to 0.33; the
-    UNet's BasicTransformerBlock did until 2024 (the early-2024 host) and adds out of place since."""
+    UNet's BasicTransformerBlock did until 2024 (the early-2024 host) and adds out of place since; Flux's double
+    and single stream blocks do in every version that has them (up to 0.33)."""
     from comfy.ldm.modules.attention import BasicTransformerBlock
     norms = {"CLIPLayer": ("layer_norm1", "layer_norm2")}
     try:
@@ -122,4 +141,16 @@ def residual_inplace_norms() -> dict[str, tuple[str, ...]]:
         src = "x += n"
     if "x += n" in src:
         norms["BasicTransformerBlock"] = ("norm1", "norm2", "norm3")
+    try:    # Flux.1 (ComfyUI from Aug 2024; none on the early-2024 host): its blocks add residuals in place up to 0.33
+        from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+    except ImportError:
+        return norms
+    for cls, attrs, marker in ((DoubleStreamBlock, ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"), "img +="),
+                               (SingleStreamBlock, ("pre_norm",), "x +=")):
+        try:
+            src = inspect.getsource(cls)
+        except (OSError, TypeError):
+            src = marker
+        if marker in src:
+            norms[cls.__name__] = attrs
     return norms

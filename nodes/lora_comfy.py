@@ -301,11 +301,12 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
 
         progress = on_progress or (lambda s, l, ls: None)
         try:
-            state = lt.train_loop(loss_fn, groups, cfg, state, device=device, scaler=scaler,
-                                  on_step=lambda s, l: progress(s, l, state.losses),
-                                  check_interrupt=mm.throw_exception_if_processing_interrupted,
-                                  checkpoint=lambda st: lt.save_resume(resume_file, export(), st, cfg, family, dkey),
-                                  checkpoint_every=checkpoint_every)
+            with compat.training_mode():
+                state = lt.train_loop(loss_fn, groups, cfg, state, device=device, scaler=scaler,
+                                      on_step=lambda s, l: progress(s, l, state.losses),
+                                      check_interrupt=mm.throw_exception_if_processing_interrupted,
+                                      checkpoint=lambda st: lt.save_resume(resume_file, export(), st, cfg, family, dkey),
+                                      checkpoint_every=checkpoint_every)
         except mm.InterruptProcessingException:
             if state.step > 0:
                 lt.save_resume(resume_file, export(), state, cfg, family, dkey)

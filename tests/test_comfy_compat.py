@@ -87,3 +87,33 @@ def test_real_host(compat, comfy):
         m = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[0]
     assert compat.static_patcher(m) is m                               # the CPU never gets a dynamic patcher
     assert type(compat.model_object(m, "model_sampling")).__name__ != "NoneType"
+
+
+def test_training_mode_flag_and_inpaint_models(compat, comfy):
+    import comfy.model_management as mm
+    had = hasattr(mm, "in_training")
+    with compat.training_mode():
+        inside = getattr(mm, "in_training", None)
+    assert inside is (True if had else None)          # 0.33: the flag ComfyUI's kernels read; early 2024: no flag
+    assert getattr(mm, "in_training", None) is (False if had else None)
+    with pytest.raises(ValueError):
+        with compat.training_mode():
+            raise ValueError("restored on errors too")
+    assert getattr(mm, "in_training", None) is (False if had else None)
+
+    class Cfg:
+        unet_config = {"image_model": "flux", "in_channels": 96, "out_channels": 16}
+
+    class Base:
+        model_config = Cfg()
+
+    class Patcher:
+        model = Base()
+    assert compat.is_inpaint_model(Patcher())                  # FLUX.1 Fill: more input than output channels
+    Cfg.unet_config = {"image_model": "flux", "in_channels": 16, "out_channels": 16}
+    assert not compat.is_inpaint_model(Patcher())
+    Base.concat_keys = ("mask", "masked_image")               # SD inpainting on 2024+ ComfyUI
+    assert compat.is_inpaint_model(Patcher())
+    with torch.inference_mode():
+        sd = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[0]
+    assert not compat.is_inpaint_model(sd)
