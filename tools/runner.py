@@ -44,10 +44,15 @@ DEFAULT_HOST = os.environ.get("MEGAPORTRAIT_COMFYUI") or os.path.join(REPO, ".ho
 TESTS = os.path.join(REPO, "tests")
 REFERENCE_TITLE = "Reference portrait"
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# loader node type -> (model input, ComfyUI folder)
-LOADERS = {"CheckpointLoaderSimple": ("ckpt_name", "checkpoints"), "VAELoader": ("vae_name", "vae"),
-           "ControlNetLoader": ("control_net_name", "controlnet"), "LoraLoader": ("lora_name", "loras"),
-           "MegaPortraitLoadIdentityLora": ("lora_name", "loras")}
+# loader node type -> ((model input, ComfyUI folder), ...)
+LOADERS = {"CheckpointLoaderSimple": (("ckpt_name", "checkpoints"),), "VAELoader": (("vae_name", "vae"),),
+           "ControlNetLoader": (("control_net_name", "controlnet"),), "LoraLoader": (("lora_name", "loras"),),
+           "MegaPortraitLoadIdentityLora": (("lora_name", "loras"),),
+           "UNETLoader": (("unet_name", "diffusion_models"),),
+           "DualCLIPLoader": (("clip_name1", "text_encoders"), ("clip_name2", "text_encoders"))}
+# the model folders the smoke run's tiny models go in (tiny_models.write_all)
+SMOKE_FOLDERS = ("checkpoints", "controlnet", "loras", "vae", "diffusion_models", "text_encoders")
+FLUX_NEEDS = "a ComfyUI with Flux support (from Aug 2024; tested on 0.33.0)"
 SMOKE_SETTINGS = {
     "MegaPortraitLoadSourcePhotos": {"resolution": 64, "min_photos": 3},
     "MegaPortraitIdentityLoraTrainer": {"resolution": 64, "steps": 8, "save_name": "megaportrait/smoke_identity",
@@ -144,9 +149,8 @@ def smoke_workflow(prompt: dict) -> dict:
     by_name = {m["name"]: m["smoke"] for k, m in MODELS.items() if not k.startswith("_")}
     for n in prompt.values():
         ct = n["class_type"]
-        if ct in LOADERS:
-            inp = LOADERS[ct][0]
-            if ct != "MegaPortraitLoadIdentityLora":
+        if ct in LOADERS and ct != "MegaPortraitLoadIdentityLora":
+            for inp, _ in LOADERS[ct]:
                 n["inputs"][inp] = by_name.get(n["inputs"].get(inp), n["inputs"].get(inp))
         n["inputs"].update(SMOKE_SETTINGS.get(ct, {}))
         if ct == "SaveImage":
@@ -159,8 +163,7 @@ def smoke_workflow(prompt: dict) -> dict:
 def required_models(prompt: dict) -> list[dict]:
     out = []
     for nid, n in prompt.items():
-        if n["class_type"] in LOADERS:
-            inp, folder = LOADERS[n["class_type"]]
+        for inp, folder in LOADERS.get(n["class_type"], ()):
             name = n["inputs"].get(inp)
             if isinstance(name, str):
                 out.append({"node": nid, "class_type": n["class_type"], "input": inp, "name": name, "folder": folder})
@@ -174,12 +177,22 @@ def manifest_entry(name: str):
     return None
 
 
+def combo_options(spec) -> list:
+    """The choices of a combo input in /object_info: [[...], {...}] or, from newer nodes, ["COMBO", {"options": [...]}]."""
+    if not spec:
+        return []
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        return list(spec[1].get("options", []))
+    return []
+
+
 def missing_models(prompt: dict, info: dict) -> list[dict]:
     missing = []
     for req in required_models(prompt):
         spec = info.get(req["class_type"], {}).get("input", {}).get("required", {}).get(req["input"])
-        choices = spec[0] if spec and isinstance(spec[0], list) else []
-        if req["name"] not in choices:
+        if req["name"] not in combo_options(spec):
             missing.append(req)
     return missing
 
@@ -191,7 +204,8 @@ def describe_missing(missing: list[dict]) -> str:
         where = f"ComfyUI/models/{m['folder']}/{m['name']}"
         if e:
             url = f"https://huggingface.co/{e['repo']}/resolve/main/{e['file']}"
-            lines.append(f"  {where}  <- {url} ({e['size']}, {e['licence']})")
+            gated = "; gated: accept the licence on the model page and log in to Hugging Face" if e.get("gated") else ""
+            lines.append(f"  {where}  <- {url} ({e['size']}, {e['licence']}{gated})")
         else:
             lines.append(f"  {where}  (your own file: e.g. a LoRA from the Identity LoRA Trainer)")
     return "\n".join(lines)
@@ -243,7 +257,11 @@ def download_models(missing: list[dict], models_root: str, log=print) -> list[st
             raise
         except Exception as ex:  # network errors, missing repo, ...
             why = (str(ex).splitlines() or [""])[0]
-            raise RunnerError(f"could not download {e['repo']}/{e['file']}: {type(ex).__name__}: {why}") from ex
+            hint = ""
+            if e.get("gated"):
+                hint = (f" ({e['repo']} is a gated repository: accept its licence ({e['licence']}) on "
+                        f"https://huggingface.co/{e['repo']}, then log in with `huggingface-cli login` or set HF_TOKEN)")
+            raise RunnerError(f"could not download {e['repo']}/{e['file']}: {type(ex).__name__}: {why}{hint}") from ex
         written.append(dest)
     return written
 
@@ -253,6 +271,10 @@ def check_nodes(client: comfy_server.ComfyClient, prompt: dict) -> dict:
         info = client.object_info()
     except (urllib.error.URLError, OSError, comfy_server.ServerError, ValueError) as e:
         raise RunnerError(f"cannot reach the ComfyUI server at {client.base}: {e}") from e
+    why = flux_unsupported(prompt, info)
+    if why:
+        raise RunnerError(f"this workflow is a Flux.1 workflow and needs {FLUX_NEEDS}: the server at {client.base} "
+                          f"{why}; update that ComfyUI (tools/run_megaportrait.sh starts ComfyUI 0.33.0 when it can be had)")
     missing = sorted({n["class_type"] for n in prompt.values() if n["class_type"] not in info})
     if missing:
         mp = [m for m in missing if m.startswith("MegaPortrait")]
@@ -261,6 +283,23 @@ def check_nodes(client: comfy_server.ComfyClient, prompt: dict) -> dict:
                               "install this pack into its custom_nodes/ folder and restart it")
         raise RunnerError(f"the server at {client.base} lacks node types {', '.join(missing)}")
     return info
+
+
+def is_flux_workflow(prompt: dict) -> bool:
+    return any(n["class_type"] == "FluxGuidance" or (n["class_type"] == "DualCLIPLoader"
+                                                     and n["inputs"].get("type") == "flux") for n in prompt.values())
+
+
+def flux_unsupported(prompt: dict, info: dict) -> str | None:
+    """Why the server (its /object_info) cannot run this Flux workflow; None when it can or the workflow is not one."""
+    if not is_flux_workflow(prompt):
+        return None
+    if "FluxGuidance" not in info:
+        return "has no FluxGuidance node"
+    spec = info.get("DualCLIPLoader", {}).get("input", {}).get("required", {}).get("type")
+    if "flux" not in combo_options(spec):
+        return "has no DualCLIPLoader type 'flux'"
+    return None
 
 
 def collect_images(paths: list[str]) -> list[str]:
@@ -365,7 +404,7 @@ def start_server(args, log) -> comfy_server.ComfyServer:
     if args.smoke:
         tmp = tempfile.mkdtemp(prefix="megaportrait-smoke-models-")
         _write_tiny_models(root, tmp)
-        models = {k: os.path.join(tmp, k) for k in ("checkpoints", "controlnet", "loras", "vae")}
+        models = {k: os.path.join(tmp, k) for k in SMOKE_FOLDERS}
         custom.append(os.path.join(HERE, "tiny_registry"))
         env["MEGAPORTRAIT_MODELS_FIRST"] = tmp
     server = comfy_server.ComfyServer(root, models=models, custom_nodes=custom, extra_args=extra_args, extra_env=env)
