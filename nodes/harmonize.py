@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import comfy_compat, families
 from .common import CATEGORY, MegaPortraitError, check_image, check_int, check_mask, check_number
-from .lora_files import load_lora_file
+from .lora_files import load_lora_file, lora_fit_problem
 from .sampling import apply_controlnet, check_controlnet, decode, sampling_inputs
 
 
@@ -165,7 +165,12 @@ def inpaint_setup(node: str, model, inpaint_model, positive, lora_name: str | No
         if path is None:
             raise MegaPortraitError(node, f"LoRA '{lora_name}' is not in the loras folder.",
                                     "wire the Identity LoRA Trainer's lora_name output, or train the LoRA first.")
-        sd, _ = load_lora_file(node, path)
+        sd, meta = load_lora_file(node, path)
+        width = int(inpaint_model.model.model_config.unet_config.get("context_dim") or 0)
+        problem = lora_fit_problem(sd, meta, ifam, width, type(inpaint_model.model.model_config).__name__)
+        if problem:
+            raise MegaPortraitError(node, f"{lora_name} {problem} (inpaint_model).",
+                                    "wire the LoRA trained on this family, or leave lora_name unconnected.")
         inpaint_model = comfy.sd.load_lora_for_models(inpaint_model, None, sd, strength, 0.0)[0]
     if ifam.guidance == "embedded":
         positive = with_guidance(positive, fill_guidance)

@@ -21,7 +21,6 @@ from . import lora_comfy as lc
 from . import lora_files as lf
 from . import lora_training as lt
 from .common import CATEGORY, MegaPortraitError, check_bool, check_choice, check_image, check_int, check_number, log
-from .families import by_base_model_version, describe_context_dim
 
 IF_EXISTS = ("increment name", "overwrite", "error")
 IF_TRAINED = ("reuse", "train again")
@@ -254,17 +253,9 @@ class LoadIdentityLora:
                                     "convert it to safetensors.")
         lora, meta = lf.load_lora_file(node, path)
         fam = lc.model_family(model)
-        trained_on = meta.get("ss_base_model_version", "")
-        trained_fam = by_base_model_version(trained_on)
-        if trained_fam is not None and trained_fam.name != fam["name"]:
-            raise MegaPortraitError(node, f"{lora_name} was trained on {trained_on} but this MODEL is "
-                                          f"{fam['base_model_version']} ({fam['family']}).",
-                                    "load the checkpoint family the LoRA was trained on.")
-        lora_dim = lf.lora_context_dim(lora)               # files without metadata: the family from the keys
-        if lora_dim and fam["context_dim"] and lora_dim != fam["context_dim"]:
-            raise MegaPortraitError(node, f"{lora_name} is a LoRA for {describe_context_dim(lora_dim)} (text "
-                                          f"context {lora_dim}) but this MODEL is {fam['family']} (context "
-                                          f"{fam['context_dim']}).", "load the checkpoint family the LoRA was trained on.")
+        problem = lf.lora_fit_problem(lora, meta, lc.family_of(model), fam["context_dim"], fam["family"])
+        if problem:
+            raise MegaPortraitError(node, f"{lora_name} {problem}.", "load the model family the LoRA was trained on.")
         if not any(k.startswith(("lora_unet_", "lora_te")) for k in lora):
             raise MegaPortraitError(node, f"{lora_name} has no kohya LoRA keys (lora_unet_* / lora_te*_*).",
                                     "load it with the stock LoraLoader if it is another LoRA format.")

@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from . import families
 from .common import MegaPortraitError
 
 ADAPTER = "megaportrait"           # the peft adapter name of the layers we train
@@ -160,6 +161,24 @@ def load_lora_file(node: str, path: str) -> tuple[dict, dict]:
     except Exception as e:
         raise MegaPortraitError(node, f"{os.path.basename(path)} is not a readable safetensors file ({e}).",
                                 "the file is damaged or incomplete: download or train it again.") from e
+
+
+def lora_fit_problem(lora: dict, meta: dict, fam: families.Family, model_width: int, model_label: str) -> str | None:
+    """Why a kohya LoRA does not fit a model of family ``fam`` (text width ``model_width``), or None: from the
+    metadata's base model version, else from its keys (Flux's double/single blocks, SD's cross-attention width)."""
+    trained_on = meta.get("ss_base_model_version", "")
+    tf = families.by_base_model_version(trained_on)
+    if tf is not None and tf.name != fam.name:
+        return f"was trained on {trained_on} but this MODEL is {fam.base_model_version} ({model_label})"
+    flux_keys = any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in lora)
+    if flux_keys != (fam.name == "Flux.1") and (flux_keys or lora_context_dim(lora)):
+        return (f"is a LoRA for {'Flux.1' if flux_keys else 'an SD-family UNet'} (from its keys) but this MODEL is "
+                f"{fam.name} ({model_label})")
+    lora_dim = lora_context_dim(lora)
+    if lora_dim and model_width and lora_dim != model_width:
+        return (f"is a LoRA for {families.describe_context_dim(lora_dim)} (text context {lora_dim}) but this MODEL is "
+                f"{model_label} (context {model_width})")
+    return None
 
 
 def lora_context_dim(sd: dict) -> int | None:

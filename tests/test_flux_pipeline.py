@@ -301,3 +301,25 @@ def test_flux_fill_conditioning_lora_and_guidance(P, flux, comfy, conds):
         run(inpaint_model=flux["model"])
     with pytest.raises(P.Error, match="LoRA 'missing.safetensors' is not in the loras folder"):
         run(inpaint_model=flux["fill"], lora_name="missing.safetensors")
+
+
+def test_lora_family_checks_between_sd_and_flux(P, flux, comfy, conds):
+    """A Flux LoRA on an SD model and an SD LoRA on Flux are refused with the reason, with or without metadata."""
+    with torch.inference_mode():
+        sd_m, sd_c, _ = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
+    load = P.il.LoadIdentityLora()
+    with pytest.raises(P.Error, match="tiny_flux_lora.safetensors is a LoRA for Flux.1 .* but this MODEL is SD1.x"):
+        with torch.inference_mode():
+            load.load(sd_m, sd_c, LORA, 1.0, 1.0)
+    with pytest.raises(P.Error, match="tiny_lora.safetensors is a LoRA for an SD-family UNet .* but this MODEL is Flux.1"):
+        with torch.inference_mode():
+            load.load(flux["model"], flux["clip"], "tiny_lora.safetensors", 1.0, 1.0)
+    with torch.inference_mode():
+        m, c, _, info = load.load(flux["model"], flux["clip"], LORA, 1.0, 1.0)
+    assert info == "no metadata" and m is not flux["model"]
+    pos, neg = conds
+    img, mask = _img_and_mask()
+    with pytest.raises(P.Error, match="tiny_lora.safetensors is a LoRA for an SD-family UNet .*\\(inpaint_model\\)"):
+        with torch.inference_mode():
+            P.hrm.Harmonize().harmonize(flux["model"], pos, neg, flux["vae"], img, mask, 3, 2, 1.0, "euler", "simple", 0.6,
+                                        4, 6, True, 0.3, 64, inpaint_model=flux["fill"], lora_name="tiny_lora.safetensors")
