@@ -142,8 +142,9 @@ def g_dual(image=None, **kw):
     return g
 
 
-def g_shading(hf_image=None, **kw):
+def g_shading(hf_image=None, extra_nodes=None, **kw):
     g = model_nodes({})
+    g.update(extra_nodes or {})
     g["1"] = empty(64, 64, color=0x808080)
     g["5"] = hf_image or empty(64, 64, color=0x808080)
     g["6"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tiny_controlnet.safetensors"}}
@@ -367,7 +368,16 @@ CASES = [
     Case("shading_denoise_nan", g_shading(denoise=NAN), OURS, "Shading Sampler", ("denoise",)),
     Case("shading_strength_nan", g_shading(light_strength=NAN), OURS, "Shading Sampler", ("light_strength",)),
     Case("shading_maps_mixed_sizes", g_shading(hf_image=empty(128, 128)), OURS, "Shading Sampler", ("hf_map",)),
+    Case("union_mode_on_a_single_purpose_controlnet", g_shading(light_control_net=["7", 0], extra_nodes={
+        "7": {"class_type": "MegaPortraitUnionControlNetMode", "inputs": {"control_net": ["6", 0], "mode": "tile"}}}),
+        OURS, "Union ControlNet Mode", ("not a union ControlNet",)),
+    Case("union_mode_unknown", g_shading(light_control_net=["7", 0], extra_nodes={
+        "7": {"class_type": "MegaPortraitUnionControlNetMode", "inputs": {"control_net": ["6", 0], "mode": "sharpen"}}}),
+        INVALID, "7", ("mode",)),
     # --- harmonize (nodes/harmonize.py)
+    Case("harmonize_inpaint_model_not_inpainting", g_harmonize(inpaint_model=["10", 0]), OURS, "Harmonize",
+         ("inpaint_model", "not an inpainting model")),
+    Case("harmonize_fill_guidance_nan", g_harmonize(fill_guidance=NAN), OURS, "Harmonize", ("fill_guidance",)),
     Case("harmonize_cfg_nan", g_harmonize(cfg=NAN), OURS, "Harmonize", ("cfg",)),
     Case("harmonize_seed_max_batch_2", g_harmonize(image=empty(64, 64, 2, 0x808080), seed=2 ** 64 - 1), OK),
     Case("harmonize_mask_wrong_size", g_harmonize(mask={"class_type": "SolidMask", "inputs": {
