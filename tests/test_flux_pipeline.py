@@ -323,3 +323,20 @@ def test_lora_family_checks_between_sd_and_flux(P, flux, comfy, conds):
         with torch.inference_mode():
             P.hrm.Harmonize().harmonize(flux["model"], pos, neg, flux["vae"], img, mask, 3, 2, 1.0, "euler", "simple", 0.6,
                                         4, 6, True, 0.3, 64, inpaint_model=flux["fill"], lora_name="tiny_lora.safetensors")
+
+
+def test_flux_trains_on_fp8_weights(P, flux, comfy, photos):
+    """The shipped Flux workflow loads the model with weight_dtype fp8_e4m3fn (it fits 16-24 GB cards): the trainer
+    computes with the weights cast per layer (ComfyUI's own mechanism) and learns."""
+    with torch.inference_mode():
+        m8 = comfy.nodes.UNETLoader().load_unet(flux["unet_name"], "fp8_e4m3fn")[0]
+    assert m8.model.diffusion_model.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn
+    cfg = P.lt.TrainConfig(steps=30, learning_rate=5e-3, rank=4, alpha=4, batch_size=2, resolution=64)
+    path = os.path.join(comfy.models_dir, "loras", "test", "flux_fp8.safetensors")
+    with torch.inference_mode():
+        sd, state, _ = P.lc.train_identity_lora("T", m8, flux["clip"], flux["vae"], photos, "photo of sks person", cfg,
+                                                path, resume="off", checkpoint_every=0)
+    L = np.array(state.losses)
+    assert np.isfinite(L).all() and L[-10:].mean() < L[:10].mean()
+    assert any(k.endswith("lora_up.weight") and v.abs().sum() > 0 for k, v in sd.items())
+    assert m8.model.diffusion_model.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn   # untouched
