@@ -43,6 +43,7 @@ class Family:
     trainable: bool = True         # the identity LoRA trainer supports it
     train_guidance: float | None = None   # guidance input while training (guidance-distilled models)
     te_trainable: tuple = ()       # ComfyUI CLIP attributes whose LoRA the trainer can train (() = all of them)
+    checkpoint_blocks: tuple = ("BasicTransformerBlock", "ResBlock")   # block classes for gradient checkpointing
 
 
 FAMILIES = (
@@ -54,7 +55,8 @@ FAMILIES = (
            (("clip_l", "lora_te1"), ("clip_g", "lora_te2")), "lora_unet", _SD_TARGETS, default_resolution=1024),
     Family("Flux.1", "flux1", "flux-1-dev/lora", ("Flux",), 16, 8, 4096,
            (("clip_l", "lora_te1"), ("t5xxl", "lora_te2")), "lora_unet", _FLUX_TARGETS, default_resolution=1024,
-           target="flow", guidance="embedded", train_guidance=1.0, te_trainable=("clip_l",)),
+           target="flow", guidance="embedded", train_guidance=1.0, te_trainable=("clip_l",),
+           checkpoint_blocks=("DoubleStreamBlock", "SingleStreamBlock")),
 )
 
 

@@ -231,7 +231,7 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
         norms = compat.residual_inplace_norms()
         lt.clone_norm_inputs(base.diffusion_model, norms)
         if gradient_checkpointing:
-            lt.enable_checkpointing(base.diffusion_model)
+            lt.enable_checkpointing(base.diffusion_model, fam.checkpoint_blocks)
         unet_names = lt.inject_lora(base.diffusion_model, fam.lora_targets[cfg.target], cfg.rank, cfg.alpha, cfg.seed)
         groups = [{"params": lora_parameters(base.diffusion_model), "lr": cfg.learning_rate}]
         te, te_mods = None, {}

@@ -112,16 +112,23 @@ def clone_norm_inputs(module: torch.nn.Module, norms: dict[str, tuple[str, ...]]
     return n
 
 
-def enable_checkpointing(module: torch.nn.Module) -> int:
-    """Gradient checkpointing on a twin's transformer and residual blocks (recompute in backward)."""
+def enable_checkpointing(module: torch.nn.Module, blocks: tuple = ("BasicTransformerBlock", "ResBlock")) -> int:
+    """Gradient checkpointing on a twin's blocks whose class names are in ``blocks`` (recompute in backward). Each
+    block gets copies of its tensor inputs: blocks that add residuals to their input in place (Flux's, the early
+    SD transformer blocks) would otherwise change what the recompute starts from."""
     from torch.utils.checkpoint import checkpoint
     n = 0
     for m in module.modules():
-        if type(m).__name__ in ("BasicTransformerBlock", "ResBlock") and not m.__dict__.get("_mp_ckpt", False):
+        if type(m).__name__ in blocks and not m.__dict__.get("_mp_ckpt", False):
             orig = m.forward
 
-            def fwd(*args, _orig=orig, **kwargs):
-                return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
+            def fresh(*args, _orig=orig, **kwargs):
+                args = [a.clone() if torch.is_tensor(a) else a for a in args]
+                kwargs = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+                return _orig(*args, **kwargs)
+
+            def fwd(*args, _fresh=fresh, **kwargs):
+                return checkpoint(_fresh, *args, use_reentrant=False, **kwargs)
             m.forward = fwd
             m._mp_ckpt = True
             n += 1

@@ -340,3 +340,24 @@ def test_flux_trains_on_fp8_weights(P, flux, comfy, photos):
     assert np.isfinite(L).all() and L[-10:].mean() < L[:10].mean()
     assert any(k.endswith("lora_up.weight") and v.abs().sum() > 0 for k, v in sd.items())
     assert m8.model.diffusion_model.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn   # untouched
+
+
+def test_flux_gradient_checkpointing_gives_the_same_lora(P, flux, comfy, photos):
+    """Checkpointing Flux's double/single blocks (which add residuals to their inputs in place) recomputes exactly:
+    the same LoRA as without it."""
+    cfg = P.lt.TrainConfig(steps=4, learning_rate=1e-3, rank=4, alpha=4, batch_size=2, resolution=64)
+    path = os.path.join(comfy.models_dir, "loras", "test", "flux_ckpt.safetensors")
+    out = {}
+    for ck in (False, True):
+        with torch.inference_mode():
+            out[ck] = P.lc.train_identity_lora("T", flux["model"], flux["clip"], flux["vae"], photos, "photo of sks person",
+                                               cfg, path, resume="off", checkpoint_every=0, gradient_checkpointing=ck)
+    (a, sa, _), (b, sb, _) = out[False], out[True]
+    fam = P.fam.of_model(flux["model"])
+    with torch.inference_mode(False):
+        twin = P.lt.shadow_module(flux["model"].model.diffusion_model)
+        dm = flux["model"].model.diffusion_model
+        assert P.lt.enable_checkpointing(twin, fam.checkpoint_blocks) == len(dm.double_blocks) + len(dm.single_blocks)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    assert np.allclose(sa.losses, sb.losses, rtol=1e-5)

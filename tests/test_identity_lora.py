@@ -452,3 +452,19 @@ def test_train_cancel_and_resume_via_server(server, models_dir):
     assert "saved srv/identity.safetensors" in hist["outputs"]["3"]["text"][0]
     assert os.path.isfile(os.path.join(models_dir, "loras", "srv", "identity.safetensors"))
     assert not os.path.exists(resume)
+
+
+@pytest.mark.parametrize("ckpt_name", ["tiny_sd15.safetensors", "tiny_sdxl.safetensors"])
+def test_gradient_checkpointing_gives_the_same_lora(comfy, il, photos, ckpt_name):
+    m, c, v = loaders(comfy, ckpt_name)
+    cfg = il.TrainConfig(steps=4, learning_rate=1e-3, rank=4, alpha=4, batch_size=2, resolution=64,
+                         target="attention + feed-forward")
+    path = os.path.join(comfy.models_dir, "loras", "test", "ckpt.safetensors")
+    out = {}
+    for ck in (False, True):
+        with torch.inference_mode():
+            out[ck] = il.train_identity_lora("T", m, c, v, photos, "photo of sks person", cfg, path, resume="off",
+                                             checkpoint_every=0, gradient_checkpointing=ck)
+    (a, sa, _), (b, sb, _) = out[False], out[True]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    assert np.allclose(sa.losses, sb.losses, rtol=1e-5)
