@@ -1,6 +1,6 @@
 """Run every benchmark section (each in its own process) and write results/results.json + results/results.md.
 
-    python bench/run.py [--out bench/results] [--only image_ops,faces,face_memory,sampling,trainer,pipeline,gpu]
+    python bench/run.py [--out bench/results] [--only image_ops,faces,face_memory,sampling,trainer,pipeline,gpu,gpu_flux]
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ SECTIONS = {
     "trainer": ["bench_trainer.py"],
     "pipeline": ["bench_pipeline.py"],
     "gpu": ["bench_gpu.py"],
+    "gpu_flux": ["bench_gpu_flux.py"],
     "face_memory": ["bench_face_memory.py"],
     "maps_memory": ["bench_memory.py"],
 }
@@ -103,7 +104,7 @@ def to_markdown(results: list, started: str) -> str:
             for x in r["rows"]:
                 out.append(f"| {x['op']} | {x['size']} | {x['image_mb']:.0f} MiB | {x['peak_delta_mb']:.0f} MiB | "
                            f"{x['ratio']:.2f}x |")
-        elif name == "gpu":
+        elif name in ("gpu", "gpu_flux"):
             out += ["| measurement | value |", "|---|---|"]
             for x in r["rows"]:
                 out.append(f"| {x['op']} | {x['value']} |")
