@@ -12,8 +12,9 @@ from conftest import EXAMPLES, REPO
 from PIL import Image
 
 WF_DIR = os.path.join(REPO, "workflows")
-NAMES = ["megaportrait_full", "megaportrait_full_sdxl", "megaportrait_group", "megaportrait_train",
-         "megaportrait_with_lora"]
+FLUX = "megaportrait_full_flux"
+NAMES = ["megaportrait_full", "megaportrait_full_flux", "megaportrait_full_sdxl", "megaportrait_group",
+         "megaportrait_train", "megaportrait_with_lora"]
 PAPER_GROUPS = {"Identity Net: training", "Identity Net: dual-strength", "Light and HF maps", "Shading Net",
                 "Paste-back, Harmonization Net"}
 
@@ -37,19 +38,43 @@ def strip_meta(api, object_info=None):
     return out
 
 
+def flux_missing(object_info) -> str | None:
+    """Why this server cannot run the Flux workflow (no FluxGuidance, no DualCLIPLoader type 'flux'), or None."""
+    import runner
+    return runner.flux_unsupported(load(f"api/{FLUX}.json"), object_info)
+
+
+def skip_flux_without_support(name, object_info):
+    if name == FLUX:
+        why = flux_missing(object_info)
+        if why:
+            pytest.skip(f"{FLUX} needs a ComfyUI with Flux support (from Aug 2024; tested on 0.33.0): this one {why}")
+
+
 def test_shipped_files_are_up_to_date(comfy):
     import build_workflows
-    files = build_workflows.render(build_workflows.comfy_spec())
-    assert sorted(files) == sorted([f"{n}.json" for n in NAMES] + [f"api/{n}.json" for n in NAMES])
+    spec = build_workflows.comfy_spec()
+    files = build_workflows.render(spec)
+    why = build_workflows.flux_support(spec)
+    names = [n for n in NAMES if n != FLUX or why is None]
+    assert sorted(files) == sorted([f"{n}.json" for n in names] + [f"api/{n}.json" for n in names])
     for rel, text in files.items():
         with open(os.path.join(WF_DIR, rel)) as f:
             assert f.read() == text, f"{rel} is stale: run python tools/build_workflows.py"
+    if why:         # early-2024 ComfyUI: the Flux workflow is generated and checked on a host with Flux support
+        assert "FluxGuidance" in why or "flux" in why
+        assert all(os.path.isfile(os.path.join(WF_DIR, r)) for r in (f"{FLUX}.json", f"api/{FLUX}.json"))
+        pytest.skip(f"{FLUX} is checked on a ComfyUI with Flux support (0.33): {why}")
 
 
 # ---------------------------------------------------------------- an independent UI -> API conversion (as the frontend)
 def _is_widget(spec):
     t = spec[0]
     return isinstance(t, list) or t in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def _forced(spec):
+    return len(spec) > 1 and isinstance(spec[1], dict) and bool(spec[1].get("forceInput"))
 
 
 def ui_to_api(ui, object_info):
@@ -72,6 +97,8 @@ def ui_to_api(ui, object_info):
                         assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
                     if opts.get("image_upload"):
                         values.pop(0)
+                    if _forced(spec):       # a forceInput widget's stored value is never sent (the link is)
+                        val = None
                 if name in linked:
                     inputs[name] = [str(linked[name][1]), linked[name][2]]
                 elif val is not None:
@@ -84,7 +111,9 @@ def ui_to_api(ui, object_info):
 @pytest.mark.server
 @pytest.mark.parametrize("name", NAMES)
 def test_ui_and_api_agree_and_validate(server, name):
+    import runner
     info = server.client.object_info()
+    skip_flux_without_support(name, info)
     ui, api = load(f"{name}.json"), load(f"api/{name}.json")
     assert ui["version"] == 0.4
     assert ui_to_api(ui, info) == strip_meta(api)
@@ -96,10 +125,8 @@ def test_ui_and_api_agree_and_validate(server, name):
             if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):   # a link: types must match
                 src = api[v[0]]
                 assert info[src["class_type"]]["output"][v[1]] == spec[0], (nid, inp)
-            elif isinstance(spec[0], list) and n["class_type"] not in ("CheckpointLoaderSimple", "ControlNetLoader",
-                                                                        "VAELoader", "LoadImage",
-                                                                        "MegaPortraitLoadIdentityLora",
-                                                                        "MegaPortraitFaceAnalysisLoader"):
+            elif isinstance(spec[0], list) and n["class_type"] not in ("LoadImage", "MegaPortraitFaceAnalysisLoader") \
+                    and inp not in dict(runner.LOADERS.get(n["class_type"], ())):      # model files: the tiny ones here
                 assert v in spec[0], (nid, inp, v)
 
 
@@ -123,17 +150,20 @@ def test_ui_workflow_structure(name):
         if "fixed" in n.get("widgets_values", []) or n["type"].endswith(("Sampler", "Harmonize", "Trainer")):
             assert "randomize" not in n["widgets_values"]
     # model downloads offered by the frontend: name == widget value, a known folder, a hub URL of a .safetensors file
-    loaders = [n for n in ui["nodes"] if n["type"] in ("CheckpointLoaderSimple", "VAELoader", "ControlNetLoader")]
+    loaders = [n for n in ui["nodes"] if n["type"] in ("CheckpointLoaderSimple", "VAELoader", "ControlNetLoader",
+                                                       "UNETLoader", "DualCLIPLoader")]
     assert loaders
     for n in loaders:
-        (m,) = n["properties"]["models"]
-        assert m["name"] == n["widgets_values"][0]
-        assert m["directory"] in ("checkpoints", "vae", "controlnet")
-        assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith(".safetensors")
+        files = n["widgets_values"][:2] if n["type"] == "DualCLIPLoader" else n["widgets_values"][:1]
+        models = n["properties"]["models"]
+        assert [m["name"] for m in models] == files
+        for m in models:
+            assert m["directory"] in ("checkpoints", "vae", "controlnet", "diffusion_models", "text_encoders")
+            assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith(".safetensors")
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n != FLUX])       # Flux: test_flux_workflow_executes
 def test_workflows_execute_with_tiny_models(server, name):
     import runner
     src = os.path.join(server.input_dir, "megaportrait_source", "wf_test")
@@ -160,6 +190,51 @@ def test_workflows_execute_with_tiny_models(server, name):
         assert portrait
         img = np.asarray(Image.open(io.BytesIO(server.client.view(portrait[0]["filename"], portrait[0]["subfolder"]))))
         assert img.shape[:2] == size
+
+
+def _view(server, entry) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(server.client.view(entry["filename"], entry["subfolder"]))))
+
+
+@pytest.mark.server
+def test_flux_workflow_executes(server):
+    """megaportrait_full_flux via /prompt with the tiny Flux models (dev, Fill, CLIP-L + T5, VAE, union ControlNet):
+    every stage runs (training on the Flux model, both union modes, Flux Fill with the identity LoRA), the portrait
+    has the reference's size, and outside Harmonize's grown + feathered seam mask it is exactly Paste Back's image."""
+    import comfy_server
+    import cv2
+    import runner
+    skip_flux_without_support(FLUX, server.client.object_info())
+    src = os.path.join(server.input_dir, "megaportrait_source", "wf_test")
+    os.makedirs(src, exist_ok=True)
+    shutil.copy(os.path.join(EXAMPLES, "astronaut.png"), src)
+    prompt = runner.smoke_workflow(load(f"api/{FLUX}.json"))
+    tiny = {m["smoke"] for k, m in runner.MODELS.items() if k.startswith("flux_")}
+    assert {r["name"] for r in runner.required_models(prompt)} == tiny          # every Flux loader got its tiny model
+    (photos,) = runner.nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos")
+    prompt[photos]["inputs"]["folder"] = "megaportrait_source/wf_test"
+    (paste,) = runner.nodes_of_type(prompt, "MegaPortraitPasteBack")
+    (harm,) = runner.nodes_of_type(prompt, "MegaPortraitHarmonize")
+    h = prompt[harm]["inputs"]
+    assert h["inpaint_model"][0] in runner.nodes_of_type(prompt, "UNETLoader") and h["cfg"] == 1.0
+    # test-only outputs: Paste Back's composite and where its (soft) seam mask is above 0
+    prompt["900"] = {"class_type": "SaveImage", "inputs": {"images": [paste, 0], "filename_prefix": "SMOKE_noise_pasted"}}
+    prompt["901"] = {"class_type": "ThresholdMask", "inputs": {"mask": [paste, 2], "value": 0.0}}
+    prompt["902"] = {"class_type": "MaskToImage", "inputs": {"mask": ["901", 0]}}
+    prompt["903"] = {"class_type": "SaveImage", "inputs": {"images": ["902", 0], "filename_prefix": "SMOKE_noise_seam"}}
+    hist = server.client.run(prompt, timeout=900)
+    assert hist["status"]["status_str"] == "success", json.dumps(hist["status"])[:2000]
+    files = {e["filename"].rsplit("_", 2)[0]: e for e in comfy_server.outputs_of(hist) if e.get("type") == "output"}
+    assert sorted(files) == ["SMOKE_noise_loss_curve", "SMOKE_noise_pasted", "SMOKE_noise_portrait", "SMOKE_noise_seam"]
+    portrait, pasted = _view(server, files["SMOKE_noise_portrait"]), _view(server, files["SMOKE_noise_pasted"])
+    seam = _view(server, files["SMOKE_noise_seam"])[..., 0] > 0
+    assert portrait.shape == pasted.shape == (600, 512, 3) and seam.shape == (600, 512)
+    assert seam.any() and _view(server, files["SMOKE_noise_loss_curve"]).size > 0
+    r = h["grow"] + h["feather"] + 2                                          # grow + feather, and rounding
+    reach = cv2.dilate(seam.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+    assert reach.mean() < 0.9
+    np.testing.assert_array_equal(portrait[~reach], pasted[~reach])
+    assert (portrait[seam] != pasted[seam]).any()                              # the seam was inpainted
 
 
 @pytest.mark.server
@@ -206,6 +281,8 @@ def check_frontend(srv, tmp_path, screenshot: str | None = None) -> None:
         b.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
                    "Object.keys(LiteGraph.registered_node_types).includes('MegaPortraitHarmonize'))", timeout=120)
         for name in NAMES:
+            if name == FLUX and flux_missing(info):
+                continue                # early-2024 ComfyUI: no FluxGuidance (the 0.33 host loads it, in both frontends)
             wf = load(f"{name}.json")
             res = json.loads(b.eval(
                 "(async () => { const wf = %s; await app.loadGraphData(wf);"
@@ -356,6 +433,29 @@ def test_runner_reports_missing_models(server, tmp_path, capsys):
     assert "ComfyUI/models/controlnet/control_v11f1e_sd15_tile_fp16.safetensors" in err
     assert "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.server
+def test_runner_flux_workflow(server, tmp_path, capsys):
+    """--workflow megaportrait_full_flux: on a ComfyUI without Flux one clear line; on one with Flux, the missing
+    models are listed with their folders, URLs and licences (gated repos said so)."""
+    code, _, err = run_cli(capsys, "--server", server.url, "--workflow", FLUX, "--out", str(tmp_path / "o"),
+                           "--source", os.path.join(EXAMPLES, "astronaut.png"))
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    if flux_missing(server.client.object_info()):
+        assert last.startswith("megaportrait: error: this workflow is a Flux.1 workflow and needs a ComfyUI with Flux "
+                               "support (from Aug 2024; tested on 0.33.0)") and "FluxGuidance" in last
+        return
+    assert "model file(s) missing" in last
+    for line in ("ComfyUI/models/diffusion_models/flux1-dev.safetensors  <- https://huggingface.co/black-forest-labs/"
+                 "FLUX.1-dev/resolve/main/flux1-dev.safetensors (23.8 GB, FLUX.1 [dev] Non-Commercial License; gated",
+                 "ComfyUI/models/text_encoders/t5xxl_fp8_e4m3fn.safetensors  <- https://huggingface.co/comfyanonymous/"
+                 "flux_text_encoders/resolve/main/t5xxl_fp8_e4m3fn.safetensors",
+                 "ComfyUI/models/controlnet/FLUX.1-dev-ControlNet-Union-Pro.safetensors  <- https://huggingface.co/"
+                 "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro/resolve/main/diffusion_pytorch_model.safetensors",
+                 "ComfyUI/models/diffusion_models/flux1-fill-dev.safetensors"):
+        assert line in err, line
 
 
 def test_runner_unreachable_server(tmp_path, capsys):

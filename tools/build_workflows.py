@@ -7,6 +7,10 @@ independently (as the frontend does) and checks the result against the shipped A
 
     python tools/build_workflows.py      # rewrite the JSON files (MEGAPORTRAIT_COMFYUI or .host/ComfyUI)
     python tools/build_workflows.py --check   # exit 1 if any file is out of date
+
+The Flux.1 workflow (megaportrait_full_flux) needs stock nodes that early-2024 ComfyUI lacks (FluxGuidance,
+DualCLIPLoader's type 'flux'): it is generated and checked on a ComfyUI with Flux support (the 0.33 host:
+MEGAPORTRAIT_COMFYUI=.host/ComfyUI-0.33); on an older host it is left alone, and the script says so.
 """
 from __future__ import annotations
 
@@ -37,6 +41,13 @@ def model_entry(key: str) -> dict:
 def is_widget(spec) -> bool:
     t = spec[0]
     return isinstance(t, (list, tuple)) or t in WIDGET_TYPES or t == "COMBO"
+
+
+def is_forced_input(spec) -> bool:
+    """A widget type declared ``forceInput`` (e.g. Harmonize's lora_name): a socket, never a widget on the canvas.
+    The UI file stores it as the early-2024 frontend saves one: an input naming its widget, and the widget's value in
+    widgets_values (current frontends drop that value when they load the file); the API form has it only when linked."""
+    return is_widget(spec) and len(spec) > 1 and isinstance(spec[1], dict) and bool(spec[1].get("forceInput"))
 
 
 def widget_extras(name: str, spec) -> list:
@@ -113,7 +124,8 @@ class Graph:
                     h = n.size[1]
                 else:
                     types, outs, _ = self.spec(n.type)
-                    n_in = sum(1 for s in ("required", "optional") for sp in types.get(s, {}).values() if not is_widget(sp))
+                    n_in = sum(1 for s in ("required", "optional") for sp in types.get(s, {}).values()
+                               if not is_widget(sp) or is_forced_input(sp))
                     h = node_height(types, n_in, len(outs), n.type)
                 if y is None:
                     y = n.pos[1]
@@ -136,13 +148,11 @@ class Graph:
                     if name in n.links:
                         src, slot = n.links[name]
                         inputs[name] = [str(src.id), slot]
-                    elif is_widget(spec):
+                    elif is_widget(spec) and not is_forced_input(spec):
                         if name in n.widgets:
                             inputs[name] = n.widgets[name]
-                        elif section == "required":
+                        else:                  # what the UI file holds, so what the frontend sends
                             inputs[name] = default_value(spec)
-                        elif "default" in (spec[1] if len(spec) > 1 else {}):
-                            inputs[name] = spec[1]["default"]
             api[str(n.id)] = {"class_type": n.type, "inputs": inputs, "_meta": {"title": n.title}}
         return api
 
@@ -183,9 +193,12 @@ class Graph:
                                             and "default" in spec[1] else default_value(spec))
                         widgets.append(val)
                         widgets.extend(widget_extras(name, spec))
-                        continue
+                        if not is_forced_input(spec):
+                            continue
                     entry = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO",
                              "link": link_of.get((n.id, name))}
+                    if is_forced_input(spec):
+                        entry["widget"] = {"name": name}
                     inputs.append(entry)
             for slot_i, e in enumerate(inputs):
                 if e["link"] is not None:
@@ -224,7 +237,7 @@ def node_height(types: dict, n_inputs: int, n_outputs: int, class_type: str) -> 
     h = 36 + 20 * max(n_inputs, n_outputs)
     for section in ("required", "optional"):
         for spec in types.get(section, {}).values():
-            if is_widget(spec):
+            if is_widget(spec) and not is_forced_input(spec):
                 opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
                 h += 90 if opts.get("multiline") else 24
                 if spec[0] == "INT" and ("control_after_generate" in opts):
@@ -274,33 +287,62 @@ def _models_and_prompts(g: Graph, family: str, train: bool):
     return ckpt, vae, tile, detail, inpaint
 
 
-def _identity_training(g: Graph, ckpt: Node, vae, fa: Node, res: int) -> tuple:
+def _identity_training(g: Graph, ckpt: Node, vae, fa: Node, res: int, model=None, clip=None, **settings) -> tuple:
+    """Load Source Photos + Identity LoRA Trainer (on ckpt's MODEL/CLIP, or on ``model``/``clip``); ``settings``
+    override the trainer's (SD1.5/SDXL: 800 steps, rank 8)."""
     photos = g.add("MegaPortraitLoadSourcePhotos", "Source photos", (X[1], 120), "Identity Net: training",
                    folder="megaportrait_source", filenames="", resolution=res, face_scale=2.2, min_photos=6, seed=0,
                    face_analysis=fa.out(0))
+    train = dict(trigger_word="sks", class_word="person", prompt_template="photo of {trigger} {class}",
+                 steps=800, learning_rate=1e-4, rank=8, alpha=8.0, batch_size=1, resolution=res, seed=0,
+                 save_name="megaportrait/identity")
+    train.update(settings)
     trainer = g.add("MegaPortraitIdentityLoraTrainer", "Identity LoRA Trainer", (X[1], 420), "Identity Net: training",
-                    model=ckpt.out(0), clip=ckpt.out(1), vae=vae, images=photos.out(0), face_analysis=fa.out(0),
-                    trigger_word="sks", class_word="person", prompt_template="photo of {trigger} {class}",
-                    steps=800, learning_rate=1e-4, rank=8, alpha=8.0, batch_size=1, resolution=res, seed=0,
-                    save_name="megaportrait/identity")
+                    model=model or ckpt.out(0), clip=clip or ckpt.out(1), vae=vae, images=photos.out(0),
+                    face_analysis=fa.out(0), **train)
     g.add("SaveImage", "Save loss curve", (X[1], 1120), "Identity Net: training", images=trainer.out(3),
           filename_prefix="MegaPortrait/loss_curve")
     return photos, trainer
 
 
-def _pipeline(g: Graph, family: str, model, clip, vae, fa: Node, tile: Node, detail: Node, inpaint: Node | None,
-              res: int, photos: Node | None, reference: str = "grace_hopper.jpg", selection: str = "largest",
-              min_face_size: int = 48):
+SD_SAMPLING = dict(cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras")
+# Flux.1 dev is guidance-distilled: the guidance goes in the conditioning (FluxGuidance), CFG stays off (1.0, so the
+# negative prompt is never evaluated), and its flow schedule wants euler + simple
+FLUX_SAMPLING = dict(cfg=1.0, sampler_name="euler", scheduler="simple")
+
+
+def _sd_prompts(g: Graph, clip) -> tuple:
     pos = g.add("CLIPTextEncode", "Positive prompt (keep the trigger word)", (X[2], 0), "Reference face",
                 clip=clip, text=POSITIVE)
     neg = g.add("CLIPTextEncode", "Negative prompt", (X[2], 230), "Reference face", clip=clip, text=NEGATIVE)
+    return pos.out(0), neg.out(0)
+
+
+def _flux_prompts(g: Graph, clip) -> tuple:
+    """Flux: one prompt, its guidance set by FluxGuidance; the negative is the prompt zeroed out (unused at cfg 1)."""
+    enc = g.add("CLIPTextEncode", "Positive prompt (keep the trigger word)", (X[2], 0), "Reference face",
+                clip=clip, text=POSITIVE)
+    guided = g.add("FluxGuidance", "Flux guidance", (X[2], 180), "Reference face", conditioning=enc.out(0),
+                   guidance=3.5)
+    zero = g.add("ConditioningZeroOut", "Negative (zeroed; unused at cfg 1)", (X[2], 300), "Reference face",
+                 conditioning=enc.out(0))
+    return guided.out(0), zero.out(0)
+
+
+def _pipeline(g: Graph, family: str, model, clip, vae, fa: Node, tile: Node, detail: Node, inpaint: Node | None,
+              res: int, photos: Node | None, reference: str = "grace_hopper.jpg", selection: str = "largest",
+              min_face_size: int = 48, prompts: Callable = _sd_prompts, sampling: dict = SD_SAMPLING,
+              harmonize: dict | None = None):
+    """The sampling stages. ``tile`` / ``detail``: the nodes whose output 0 is the light / HF map ControlNet (the
+    light one also holds the geometry in the dual-strength sampler); ``harmonize``: extra Harmonize inputs."""
+    pos, neg = prompts(g, clip)
     ref = g.add("LoadImage", "Reference portrait", (X[2], 430), "Reference face", image=reference)
     crop = g.add("MegaPortraitFaceCrop", "Face Crop", (X[2], 800), "Reference face", face_analysis=fa.out(0),
                  image=ref.out(0), crop_size=res, context=0.25, selection=selection, index=0,
                  min_face_size=min_face_size)
     dual = g.add("MegaPortraitDualStrengthIdentitySampler", "Dual-Strength Identity Sampler", (X[3], 0),
-                 "Identity Net: dual-strength", model=model, positive=pos.out(0), negative=neg.out(0), vae=vae,
-                 image=crop.out(0), seed=42, steps=25, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras",
+                 "Identity Net: dual-strength", model=model, positive=pos, negative=neg, vae=vae,
+                 image=crop.out(0), seed=42, steps=25, **sampling,
                  reference_denoise=0.35, source_denoise=0.7, control_net=tile.out(0), control_strength=0.4)
     g.add("PreviewImage", "Reference-like", (X[3], 620), "Identity Net: dual-strength", images=dual.out(1))
     g.add("PreviewImage", "Source-like", (X[3], 900), "Identity Net: dual-strength", images=dual.out(3))
@@ -316,21 +358,22 @@ def _pipeline(g: Graph, family: str, model, clip, vae, fa: Node, tile: Node, det
                        light_map=light.out(0), hf_map=hf.out(0), gain=1.0)
     g.add("PreviewImage", "Maps preview", (X[4], 820), "Light and HF maps", images=hf_hint.out(0))
     shading = g.add("MegaPortraitShadingSampler", "Shading ControlNet Sampler", (X[5], 0), "Shading Net",
-                    model=model, positive=pos.out(0), negative=neg.out(0), vae=vae, light_map=light.out(0),
+                    model=model, positive=pos, negative=neg, vae=vae, light_map=light.out(0),
                     hf_map=hf_hint.out(0), light_control_net=tile.out(0), hf_control_net=detail.out(0),
                     light_strength=0.6, light_start=0.0, light_end=1.0, hf_strength=0.5, hf_start=0.0, hf_end=0.7,
-                    seed=43, steps=25, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras", denoise=0.75,
+                    seed=43, steps=25, **sampling, denoise=0.75,
                     init_image=recombined.out(0))
     g.add("PreviewImage", "Re-rendered face", (X[5], 760), "Shading Net", images=shading.out(1))
     paste = g.add("MegaPortraitPasteBack", "Paste Back", (X[6], 0), "Paste-back, Harmonization Net",
                   reference=ref.out(0), face_crop=crop.out(1), face=shading.out(1), face_analysis=fa.out(0),
                   align="landmarks", mask_type="face ellipse", grow=0, feather=24, seam_width=16,
                   color_match="mean (Lab)")
-    harm_kw = dict(model=model, positive=pos.out(0), negative=neg.out(0), vae=vae, image=paste.out(0), mask=paste.out(2),
-                   seed=44, steps=20, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras", denoise=0.5, grow=8,
+    harm_kw = dict(model=model, positive=pos, negative=neg, vae=vae, image=paste.out(0), mask=paste.out(2),
+                   seed=44, steps=20, **sampling, denoise=0.5, grow=8,
                    feather=16, crop_to_mask=True, padding=0.3, working_resolution=res)
     if inpaint is not None:
         harm_kw.update(control_net=inpaint.out(0), control_strength=0.8)
+    harm_kw.update(harmonize or {})
     harm = g.add("MegaPortraitHarmonize", "Harmonize", (X[6], 380), "Paste-back, Harmonization Net", **harm_kw)
     g.add("SaveImage", "Save portrait", (X[6], 1000), "Paste-back, Harmonization Net", images=harm.out(0),
           filename_prefix="MegaPortrait/portrait")
@@ -358,6 +401,76 @@ def _analysis_and_saved_lora(g, ckpt):
     return fa, lora
 
 
+FLUX_NAME = "megaportrait_full_flux"
+FLUX_TRAIN = dict(steps=1000, learning_rate=1e-4, rank=16, alpha=16.0, gradient_checkpointing=True)
+TIPS_FLUX = (
+    "MegaPortrait, full pipeline on Flux.1 [dev].\n\n"
+    "LICENCE: FLUX.1 [dev], FLUX.1 Fill [dev], their VAE (ae) and the Union-Pro ControlNet are under the FLUX.1 [dev] "
+    "Non-Commercial License (the Hugging Face repos are gated: accept the licence there, then log in to download). "
+    "Outputs may be used as the licence allows; the models may not be used commercially without a licence from "
+    "Black Forest Labs.\n\n"
+    "Needs a ComfyUI with Flux support (from Aug 2024; tested on 0.33.0).\n\n"
+    "1. Photos of the person in ComfyUI/input/megaportrait_source/ (3-20). 2. Load the reference portrait. 3. Queue.\n\n"
+    "Memory (16-24 GB cards): both diffusion models load as fp8_e4m3fn (weight_dtype: ~12 GB each instead of 24; "
+    "ComfyUI swaps them), the T5 encoder is the fp8 file, and the trainer uses gradient checkpointing. On 16 GB also set "
+    "the text encoders' device to cpu and lower Face Crop's crop_size / Harmonize's working_resolution to 768.\n\n"
+    "Training (Flux learns a face fast; its per-step cost is high): 512 px crops, rank 16 (alpha 16), AdamW 1e-4, 1000 "
+    "steps, flipped photos on. Sampling: guidance 3.5 (FluxGuidance), cfg 1.0, euler + simple, 1024 px crops. The light "
+    "map drives the union ControlNet in blur mode, the HF map in canny mode; Harmonize inpaints with Flux Fill "
+    "(fill_guidance 30) carrying the identity LoRA. Keep the trigger word (sks) in the prompt.")
+
+
+def flux_support(spec) -> str | None:
+    """None when the ComfyUI in ``spec`` has the stock nodes the Flux workflow needs; otherwise why not."""
+    try:
+        spec("FluxGuidance")
+    except KeyError:
+        return "this ComfyUI has no FluxGuidance node (Flux support arrived in Aug 2024)"
+    try:
+        types = spec("DualCLIPLoader")[0]["required"]["type"][0]
+    except KeyError:
+        types = ()
+    if "flux" not in types:
+        return "this ComfyUI's DualCLIPLoader has no type 'flux'"
+    return None
+
+
+def _flux_models(g: Graph) -> tuple:
+    """Flux.1 dev loaders: diffusion model, text encoders, VAE, one union ControlNet in two modes, Flux Fill."""
+    unet = g.add("UNETLoader", "Load diffusion model (Flux.1 dev, fp8 weights)", (X[0], 0), "Models",
+                 [model_entry("flux_unet")], unet_name=MODELS["flux_unet"]["name"], weight_dtype="fp8_e4m3fn")
+    clip = g.add("DualCLIPLoader", "Load text encoders (CLIP-L + T5-XXL fp8)", (X[0], 150), "Models",
+                 [model_entry("flux_clip_l"), model_entry("flux_t5")], clip_name1=MODELS["flux_clip_l"]["name"],
+                 clip_name2=MODELS["flux_t5"]["name"], type="flux")
+    vae = g.add("VAELoader", "Load VAE (Flux ae)", (X[0], 300), "Models", [model_entry("flux_vae")],
+                vae_name=MODELS["flux_vae"]["name"]).out(0)
+    union = g.add("ControlNetLoader", "ControlNet: Flux union pro (light + HF maps)", (X[0], 400), "Models",
+                  [model_entry("flux_union")], control_net_name=MODELS["flux_union"]["name"])
+    light = g.add("MegaPortraitUnionControlNetMode", "Union mode: blur (light map)", (X[0], 500), "Models",
+                  control_net=union.out(0), mode="blur")
+    detail = g.add("MegaPortraitUnionControlNetMode", "Union mode: canny (HF map)", (X[0], 600), "Models",
+                   control_net=union.out(0), mode="canny")
+    fill = g.add("UNETLoader", "Load Flux.1 Fill dev, fp8 weights (harmonization)", (X[0], 700), "Models",
+                 [model_entry("flux_fill")], unet_name=MODELS["flux_fill"]["name"], weight_dtype="fp8_e4m3fn")
+    return unet, clip, vae, light, detail, fill
+
+
+def _flux_full(spec) -> Graph:
+    g = Graph(FLUX_NAME, "MegaPortrait full pipeline (Flux.1 dev): train the identity LoRA on the source photos, then "
+                         "Identity Net -> maps -> Shading Net (one union ControlNet, blur + canny modes) -> paste-back -> "
+                         "Harmonization Net (Flux Fill with the identity LoRA).", spec)
+    unet, clip, vae, light_cn, hf_cn, fill = _flux_models(g)
+    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
+               backend="dlib", det_threshold=0.3, det_size=640)
+    photos, trainer = _identity_training(g, None, vae, fa, 512, model=unet.out(0), clip=clip.out(0), **FLUX_TRAIN)
+    _pipeline(g, "flux", trainer.out(0), trainer.out(1), vae, fa, light_cn, hf_cn, None, 1024, photos,
+              prompts=_flux_prompts, sampling=FLUX_SAMPLING,
+              harmonize=dict(inpaint_model=fill.out(0), lora_name=trainer.out(2), inpaint_lora_strength=1.0,
+                             fill_guidance=30.0))
+    g.note(TIPS_FLUX, (X[0], 900), (NODE_W, 560), "Models")
+    return g
+
+
 def build_all(spec) -> dict:
     graphs = {}
     for family, res in (("sd15", 512), ("sdxl", 1024)):
@@ -372,6 +485,8 @@ def build_all(spec) -> dict:
         _pipeline(g, family, trainer.out(0), trainer.out(1), vae, fa, tile, detail, inpaint, res, photos)
         g.note(TIPS_FULL, (X[0], 620), (NODE_W, 330), "Models")
         graphs[name] = g
+    if flux_support(spec) is None:                # generated on a ComfyUI with Flux support only (see main)
+        graphs[FLUX_NAME] = _flux_full(spec)
 
     g = Graph("megaportrait_with_lora", "MegaPortrait with an identity LoRA you already trained (no training).", spec)
     ckpt, vae, tile, detail, inpaint = _models_and_prompts(g, "sd15", train=False)
@@ -460,7 +575,12 @@ def _setup_comfy():
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _setup_comfy()
-    files = render(comfy_spec())
+    spec = comfy_spec()
+    files = render(spec)
+    why = flux_support(spec)
+    if why:
+        print(f"skipped {FLUX_NAME} (left as it is): {why}; generate and check it on a ComfyUI with Flux support, "
+              "e.g. MEGAPORTRAIT_COMFYUI=.host/ComfyUI-0.33 .venv-0.33/bin/python tools/build_workflows.py")
     stale = []
     for rel, text in files.items():
         path = os.path.join(WF_DIR, rel)
