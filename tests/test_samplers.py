@@ -368,3 +368,24 @@ def test_stage_graph_via_server(server, comfy):
         got = np.asarray(Image.open(io.BytesIO(server.client.view(entry["filename"], entry["subfolder"]))).convert("RGB"))
         want = load_png(comfy.output_files(res, node)[0])
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_union_mode_numbers_an_sdxl_union_controlnet_its_own_way(comfy, S):
+    """The same mode names map to the xinsir SDXL union numbering (ComfyUI's own ControlNet object; the set mode is
+    what the model's task embedding is indexed with)."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import tiny_models
+    if not hasattr(comfy.controlnet.ControlNet, "set_extra_arg"):
+        pytest.skip("this ComfyUI (early 2024) has no union ControlNets")
+    cfg = dict(tiny_models.TINY_SDXL_UNET_CONFIG)
+    cfg.pop("out_channels")
+    cfg.update(hint_channels=3, dtype=torch.float32, union_controlnet_num_control_type=8)
+    cn = comfy.controlnet.ControlNet(comfy.cldm.cldm.ControlNet(**cfg))
+    node = S.shd.UnionControlNetMode()
+    assert node.set_mode(cn, "tile")[0].extra_args["control_type"] == [6]
+    assert node.set_mode(cn, "softedge")[0].extra_args["control_type"] == [2]
+    assert node.set_mode(cn, "lineart")[0].extra_args["control_type"] == [3]
+    assert "control_type" not in cn.extra_args
+    with pytest.raises(S.Error, match="has no 'blur' mode; it has: pose, depth, softedge"):
+        node.set_mode(cn, "blur")
