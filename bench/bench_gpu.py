@@ -15,7 +15,7 @@ import os
 import time
 
 import torch
-from common import REPO, emit, machine, size_workflow
+from common import REPO, GpuRows, emit, machine, size_workflow
 
 # the public SD1.5 / SDXL UNet architectures, as ComfyUI's model detection describes them
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -103,18 +103,8 @@ def main():
     import nodes
     dry = args.cpu_dry_run and not cuda
     models = os.path.join(h.work, "models")
-    rows = []
-
-    def add(op, value):
-        rows.append({"op": op, "value": value})
-
-    def peak_reset():
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-
-    def peak_gb():
-        return f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GB" if cuda else "n/a (CPU)"
+    out = GpuRows(cuda)
+    add, peak_reset, peak_gb, rows = out.add, out.peak_reset, out.peak_gb, out.rows
 
     families = ("sd15",) if dry else ("sd15", "sdxl")
     for fam in families:

@@ -18,7 +18,7 @@ import shutil
 import time
 
 import torch
-from common import EXAMPLES, REPO, emit, machine, size_workflow
+from common import EXAMPLES, REPO, GpuRows, emit, machine, size_workflow
 
 # FLUX.1 [dev] as ComfyUI's model detection describes the public file (comfy.ldm.flux.model.Flux arguments)
 FLUX_DEV = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
@@ -122,18 +122,8 @@ def main():
                              "t5xxl_model_config": tm.TINY_FLUX_T5_CONFIG}, (1, 1), "dry_flux")
     else:
         names = write_models(models, FLUX_DEV, {}, UNION_DEPTH, "random_flux")
-    rows = []
-
-    def add(op, value):
-        rows.append({"op": op, "value": value})
-
-    def peak_reset():
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-
-    def peak_gb():
-        return f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GB" if cuda else "n/a (CPU)"
+    out = GpuRows(cuda)
+    add, peak_reset, peak_gb, rows = out.add, out.peak_reset, out.peak_gb, out.rows
 
     size, train_res = (64, 64) if dry else (1024, 512)
     steps = 2 if dry else 20

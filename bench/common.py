@@ -130,6 +130,26 @@ def pack():
     return conftest.import_pack()
 
 
+class GpuRows:
+    """Rows of a GPU section ({"op", "value"}) and peak VRAM between marks ("n/a (CPU)" without CUDA)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.rows = cuda, []
+
+    def add(self, op: str, value: str) -> None:
+        self.rows.append({"op": op, "value": value})
+
+    def peak_reset(self) -> None:
+        import torch
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gb(self) -> str:
+        import torch
+        return f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GB" if self.cuda else "n/a (CPU)"
+
+
 def emit(result: dict) -> None:
     """Section scripts print one JSON line prefixed with RESULT: for bench/run.py."""
     print("RESULT:" + json.dumps(result), flush=True)

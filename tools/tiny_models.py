@@ -180,23 +180,25 @@ LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 
 
-def build_lora_sd(ckpt_sd: dict, rank: int = 4, seed: int = 4, targets=LORA_TARGETS) -> dict:
-    """A kohya-format LoRA (lora_unet_<ldm key>.lora_down/lora_up.weight + .alpha) for the tiny UNet."""
+def random_kohya_lora(layers, rank: int, seed: int) -> dict:
+    """Random kohya-format LoRA tensors (lora_unet_<module name, '.' -> '_'>.lora_down/lora_up.weight + .alpha)
+    for ``layers``: (module name, (out, in)) pairs, drawn in that order."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    pre = "model.diffusion_model."
-    for k, w in ckpt_sd.items():
-        if not (k.startswith(pre) and k.endswith(".weight") and w.ndim == 2):
-            continue
-        name = k[len(pre):-len(".weight")]
-        if not any(name.endswith(t) for t in targets):
-            continue
-        o, i = w.shape
+    for name, (o, i) in layers:
         key = "lora_unet_" + name.replace(".", "_")
         out[key + ".lora_down.weight"] = torch.randn(rank, i, generator=g) * 0.1
         out[key + ".lora_up.weight"] = torch.randn(o, rank, generator=g) * 0.1
         out[key + ".alpha"] = torch.tensor(float(rank))
     return out
+
+
+def build_lora_sd(ckpt_sd: dict, rank: int = 4, seed: int = 4, targets=LORA_TARGETS) -> dict:
+    """A kohya-format LoRA (lora_unet_<ldm key>.lora_down/lora_up.weight + .alpha) for the tiny UNet."""
+    pre = "model.diffusion_model."
+    layers = [(k[len(pre):-len(".weight")], tuple(w.shape)) for k, w in ckpt_sd.items()
+              if k.startswith(pre) and k.endswith(".weight") and w.ndim == 2]
+    return random_kohya_lora([(n, s) for n, s in layers if any(n.endswith(t) for t in targets)], rank, seed)
 
 
 def write_all(models_dir: str, sdxl: bool = True, flux: bool | None = None) -> dict:
@@ -568,25 +570,15 @@ def build_flux_lora_sd(diffusion_model_sd: dict, rank: int = 4, seed: int = 26, 
     """A kohya-format Flux LoRA (lora_unet_<BFL module name, '.' -> '_'>.lora_down/lora_up.weight + .alpha)
     for the linear layers of ``diffusion_model_sd`` (BFL keys; a model.diffusion_model. / diffusion_model.
     prefix is dropped) whose names end in one of ``targets``."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
+    layers = []
     for k in sorted(diffusion_model_sd):
-        w = diffusion_model_sd[k]
-        name = k
+        w, name = diffusion_model_sd[k], k
         for pre in ("model.diffusion_model.", "diffusion_model."):
             if name.startswith(pre):
                 name = name[len(pre):]
-        if not (name.endswith(".weight") and w.ndim == 2):
-            continue
-        name = name[:-len(".weight")]
-        if not any(name.endswith("." + t) for t in targets):
-            continue
-        o, i = w.shape
-        key = "lora_unet_" + name.replace(".", "_")
-        out[key + ".lora_down.weight"] = torch.randn(rank, i, generator=g) * 0.1
-        out[key + ".lora_up.weight"] = torch.randn(o, rank, generator=g) * 0.1
-        out[key + ".alpha"] = torch.tensor(float(rank))
-    return out
+        if name.endswith(".weight") and w.ndim == 2 and any(name[:-len(".weight")].endswith("." + t) for t in targets):
+            layers.append((name[:-len(".weight")], tuple(w.shape)))
+    return random_kohya_lora(layers, rank, seed)
 
 
 def write_flux(models_dir: str) -> dict:
