@@ -64,6 +64,12 @@ def checkpoint_state_dict(base_model, unet_sd: dict, clip_sd: dict | None, vae_s
     return base_model.state_dict_for_saving(clip_sd, vae_sd)
 
 
+def latent_channels(model) -> int:
+    """Channels of the MODEL's latent. ``LatentFormat.latent_channels`` came in 2024 (SD3, Flux); the early-2024 host
+    has only 4-channel latent formats."""
+    return int(getattr(model_object(model, "latent_format"), "latent_channels", 4))
+
+
 def is_inpaint_model(model) -> bool:
     """True for inpainting models (input channels for a mask and a masked image besides the latent). The
     early-2024 host flags SD inpainting checkpoints with ``BaseModel.inpaint_model``, later ComfyUI lists

@@ -44,6 +44,7 @@ class Family:
     train_guidance: float | None = None   # guidance input while training (guidance-distilled models)
     te_trainable: tuple = ()       # ComfyUI CLIP attributes whose LoRA the trainer can train (() = all of them)
     checkpoint_blocks: tuple = ("BasicTransformerBlock", "ResBlock")   # block classes for gradient checkpointing
+    exact_class: bool = False      # only the BaseModel class itself: ComfyUI derives other families from it
 
 
 FAMILIES = (
@@ -56,16 +57,26 @@ FAMILIES = (
     Family("Flux.1", "flux1", "flux-1-dev/lora", ("Flux",), 16, 8, 4096,
            (("clip_l", "lora_te1"), ("t5xxl", "lora_te2")), "lora_unet", _FLUX_TARGETS, default_resolution=1024,
            target="flow", guidance="embedded", train_guidance=1.0, te_trainable=("clip_l",),
-           checkpoint_blocks=("DoubleStreamBlock", "SingleStreamBlock")),
+           checkpoint_blocks=("DoubleStreamBlock", "SingleStreamBlock"), exact_class=True),
 )
 
 
-def by_model_classes(class_names: set[str], context_dim: int) -> Family:
-    """The family of a BaseModel from the class names in its MRO and its UNet's text width: a family with its own
-    BaseModel class (SDXL, Flux) by that class; the plain BaseModel (SD1.x, SD2.x) by the width, SD1.x when the
-    width is none of theirs (e.g. the tiny test models)."""
+def other_family(class_name: str) -> Family:
+    """A row for a model family the table does not know (e.g. Flux.2, Chroma: ComfyUI derives their BaseModels from
+    Flux): nothing is assumed about it, nothing is trained on it."""
+    return Family(f"another family ({class_name})", "", "", (class_name,), 0, 8, 0, (), "lora_unet", {},
+                  trainable=False)
+
+
+def by_model_classes(class_names: set[str], context_dim: int, own_class: str | None = None) -> Family:
+    """The family of a BaseModel from the class names in its MRO (``own_class``: its own class) and its UNet's text
+    width: a family with its own BaseModel class (SDXL, Flux) by that class (for ``exact_class`` rows the class
+    itself, not a subclass: those are other families); the plain BaseModel (SD1.x, SD2.x) by the width, SD1.x when
+    the width is none of theirs (e.g. the tiny test models)."""
     for fam in FAMILIES:
         if "BaseModel" not in fam.model_classes and set(fam.model_classes) & class_names:
+            if fam.exact_class and own_class is not None and own_class not in fam.model_classes:
+                return other_family(own_class)
             return fam
     plain = [fam for fam in FAMILIES if "BaseModel" in fam.model_classes]
     if "SD21UNCLIP" in class_names:
@@ -78,7 +89,7 @@ def of_model(model) -> Family:
     base = model.model
     cfg = base.model_config.unet_config
     width = int(cfg.get("context_dim") or cfg.get("context_in_dim") or 0)
-    return by_model_classes({c.__name__ for c in type(base).__mro__}, width)
+    return by_model_classes({c.__name__ for c in type(base).__mro__}, width, type(base).__name__)
 
 
 def by_context_dim(context_dim: int) -> Family | None:

@@ -169,7 +169,9 @@ def lora_fit_problem(lora: dict, meta: dict, fam: families.Family, model_width: 
     trained_on = meta.get("ss_base_model_version", "")
     tf = families.by_base_model_version(trained_on)
     if tf is not None and tf.name != fam.name:
-        return f"was trained on {trained_on} but this MODEL is {fam.base_model_version} ({model_label})"
+        return f"was trained on {trained_on} but this MODEL is {fam.base_model_version or fam.name} ({model_label})"
+    if not fam.base_model_version:      # a family the table does not know: its keys tell nothing we can check
+        return None
     flux_keys = any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in lora)
     if flux_keys != (fam.name == "Flux.1") and (flux_keys or lora_context_dim(lora)):
         return (f"is a LoRA for {'Flux.1' if flux_keys else 'an SD-family UNet'} (from its keys) but this MODEL is "

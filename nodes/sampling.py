@@ -152,7 +152,8 @@ def model_context_dim(model) -> int | None:
 def latent_zeros(model, batch: int, height: int, width: int) -> torch.Tensor:
     """An empty latent for ``model`` at a pixel size (4 channels for SD, 16 for Flux.1: the family table)."""
     fam = families.of_model(model)
-    return torch.zeros(batch, fam.latent_channels, height // fam.latent_scale, width // fam.latent_scale)
+    channels = fam.latent_channels or comfy_compat.latent_channels(model)     # a family the table does not know
+    return torch.zeros(batch, channels, height // fam.latent_scale, width // fam.latent_scale)
 
 
 def check_controlnet(node: str, input_name: str, control_net, model) -> None:

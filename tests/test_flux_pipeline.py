@@ -64,6 +64,7 @@ def test_flux_is_a_trainable_row_of_the_family_table(P, flux):
     assert set(hit) < set(ff) and any(".img_mlp.2" in n for n in ff)
     from comfyui_megaportrait.nodes import comfy_compat
     assert comfy_compat.is_inpaint_model(flux["fill"]) and not comfy_compat.is_inpaint_model(flux["model"])
+    assert comfy_compat.latent_channels(flux["model"]) == 16 == fam.latent_channels
 
 
 # ------------------------------------------------------------------------------------------- identity LoRA
