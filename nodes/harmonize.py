@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from . import comfy_compat, families
 from .common import CATEGORY, MegaPortraitError, check_image, check_int, check_mask, check_number
 from .lora_files import load_lora_file, lora_fit_problem
-from .sampling import apply_controlnet, check_controlnet, decode, sampling_inputs
+from .sampling import apply_controlnet, check_controlnet, decode, model_context_dim, sampling_inputs
 
 
 def prepare_mask(mask: torch.Tensor, grow: int, feather: int) -> torch.Tensor:
@@ -166,8 +166,8 @@ def inpaint_setup(node: str, model, inpaint_model, positive, lora_name: str | No
             raise MegaPortraitError(node, f"LoRA '{lora_name}' is not in the loras folder.",
                                     "wire the Identity LoRA Trainer's lora_name output, or train the LoRA first.")
         sd, meta = load_lora_file(node, path)
-        width = int(inpaint_model.model.model_config.unet_config.get("context_dim") or 0)
-        problem = lora_fit_problem(sd, meta, ifam, width, type(inpaint_model.model.model_config).__name__)
+        problem = lora_fit_problem(sd, meta, ifam, model_context_dim(inpaint_model) or 0,
+                                   type(inpaint_model.model.model_config).__name__)
         if problem:
             raise MegaPortraitError(node, f"{lora_name} {problem} (inpaint_model).",
                                     "wire the LoRA trained on this family, or leave lora_name unconnected.")

@@ -173,10 +173,10 @@ def lora_fit_problem(lora: dict, meta: dict, fam: families.Family, model_width: 
     if not fam.base_model_version:      # a family the table does not know: its keys tell nothing we can check
         return None
     flux_keys = any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in lora)
-    if flux_keys != (fam.name == "Flux.1") and (flux_keys or lora_context_dim(lora)):
+    lora_dim = lora_context_dim(lora)
+    if flux_keys != (fam.name == "Flux.1") and (flux_keys or lora_dim):
         return (f"is a LoRA for {'Flux.1' if flux_keys else 'an SD-family UNet'} (from its keys) but this MODEL is "
                 f"{fam.name} ({model_label})")
-    lora_dim = lora_context_dim(lora)
     if lora_dim and model_width and lora_dim != model_width:
         return (f"is a LoRA for {families.describe_context_dim(lora_dim)} (text context {lora_dim}) but this MODEL is "
                 f"{model_label} (context {model_width})")

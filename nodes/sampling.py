@@ -156,17 +156,20 @@ def latent_zeros(model, batch: int, height: int, width: int) -> torch.Tensor:
     return torch.zeros(batch, channels, height // fam.latent_scale, width // fam.latent_scale)
 
 
+def is_flux_controlnet(control_net) -> bool:
+    """A Flux.1 ControlNet (XLabs, InstantX / Shakker-Labs union, Mistoline): ComfyUI loads all into ControlNetFlux."""
+    return type(getattr(control_net, "control_model", None)).__name__ == "ControlNetFlux"
+
+
 def check_controlnet(node: str, input_name: str, control_net, model) -> None:
     """Refuse a ControlNet made for another model family (e.g. an SDXL ControlNet on an SD1.5 MODEL) with a
     clear message, instead of a shape error deep inside sampling."""
     if control_net is None:
         return
-    cm = getattr(control_net, "control_model", None)
-    cn_flux = type(cm).__name__ == "ControlNetFlux"
-    m_flux = families.of_model(model).name == "Flux.1"
-    if isinstance(cm, torch.nn.Module) and cn_flux != m_flux:
+    cn_flux, fam = is_flux_controlnet(control_net), families.of_model(model)
+    if isinstance(getattr(control_net, "control_model", None), torch.nn.Module) and cn_flux != (fam.name == "Flux.1"):
         raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for {'Flux.1' if cn_flux else 'SD/SDXL'} but the "
-                                      f"MODEL is {families.of_model(model).name}.",
+                                      f"MODEL is {fam.name}.",
                                 "load a ControlNet made for the model's family.")
     cn_dim, m_dim = _context_dim_of_controlnet(control_net), model_context_dim(model)
     if cn_dim is not None and m_dim is not None and cn_dim != m_dim:

@@ -11,7 +11,7 @@ import torch
 
 from . import comfy_compat
 from .common import CATEGORY, MegaPortraitError, check_choice, check_image, check_number
-from .sampling import apply_controlnet, check_controlnet, decode, encode, latent_zeros, sampling_inputs
+from .sampling import apply_controlnet, check_controlnet, decode, encode, is_flux_controlnet, latent_zeros, sampling_inputs
 
 
 def _net_inputs(prefix: str, what: str, strength: float, start: float, end: float) -> dict:
@@ -145,7 +145,7 @@ MODE_NAMES = ("blur", "tile", "canny", "lineart", "softedge", "depth", "pose", "
 def union_kind(control_net) -> tuple[str, int] | None:
     """(kind, number of modes) of a union ControlNet, None for a single-purpose one."""
     cm = getattr(control_net, "control_model", None)
-    if type(cm).__name__ == "ControlNetFlux" and int(getattr(cm, "num_union_modes", 0) or 0) > 0:
+    if is_flux_controlnet(control_net) and int(getattr(cm, "num_union_modes", 0) or 0) > 0:
         return "Flux.1 union (InstantX / Shakker-Labs Union Pro)", int(cm.num_union_modes)
     te = getattr(cm, "task_embedding", None)
     if isinstance(te, torch.Tensor):
