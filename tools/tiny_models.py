@@ -150,14 +150,15 @@ def _reinit(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def build_checkpoint_sd(seed: int = 0) -> dict:
+def _build_checkpoint(registered: tuple, unet_config: dict, seed: int) -> dict:
+    """A tiny checkpoint of a registered (model config, CLIP model) family: UNet, text encoder(s) and TAESD."""
     import comfy.taesd.taesd
-    TinySD15, TinyClipModel = register()
-    mc = TinySD15(dict(TINY_UNET_CONFIG))
+    family, clip_model = registered
+    mc = family(dict(unet_config))
     mc.set_inference_dtype(torch.float32, None)
     base = mc.get_model({}, "")
     _reinit(base.diffusion_model, seed)
-    clip = _reinit(TinyClipModel(device="cpu", dtype=torch.float32), seed + 1)
+    clip = _reinit(clip_model(device="cpu", dtype=torch.float32), seed + 1)
     vae = _reinit(comfy.taesd.taesd.TAESD(), seed + 2)
     # state_dict_for_saving adds the model.diffusion_model. / cond_stage_model. / first_stage_model. prefixes
     sd = _compat().checkpoint_state_dict(base, base.diffusion_model.state_dict(), clip.state_dict(), vae.state_dict())
@@ -165,15 +166,24 @@ def build_checkpoint_sd(seed: int = 0) -> dict:
 
 
 @torch.no_grad()
-def build_controlnet_sd(seed: int = 3, hint_channels: int = 3) -> dict:
+def _build_controlnet(unet_config: dict, seed: int, **extra) -> dict:
+    """A tiny ControlNet for a UNet config (``extra``: ControlNet arguments such as hint_channels). Real ControlNets
+    start with zero convs; small random ones make the effect visible in tests."""
     import comfy.cldm.cldm
-    register()
-    cfg = dict(TINY_UNET_CONFIG)
+    cfg = dict(unet_config)
     cfg.pop("out_channels")
-    cfg.update(num_heads=HEADS, num_head_channels=-1, hint_channels=hint_channels, dtype=torch.float32)
+    cfg.update(dtype=torch.float32, **extra)
     cn = _reinit(comfy.cldm.cldm.ControlNet(**cfg), seed)
-    # real ControlNets start with zero convs; small random ones make the effect visible in tests
     return {k: v.contiguous() for k, v in cn.state_dict().items()}
+
+
+def build_checkpoint_sd(seed: int = 0) -> dict:
+    return _build_checkpoint(register(), TINY_UNET_CONFIG, seed)
+
+
+def build_controlnet_sd(seed: int = 3, hint_channels: int = 3) -> dict:
+    register()
+    return _build_controlnet(TINY_UNET_CONFIG, seed, num_heads=HEADS, num_head_channels=-1, hint_channels=hint_channels)
 
 
 LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
@@ -270,29 +280,13 @@ def register_sdxl():
     return _registered_xl
 
 
-@torch.no_grad()
 def build_sdxl_checkpoint_sd(seed: int = 10) -> dict:
-    import comfy.taesd.taesd
-    TinySDXL, TinySDXLClipModel = register_sdxl()
-    mc = TinySDXL(dict(TINY_SDXL_UNET_CONFIG))
-    mc.set_inference_dtype(torch.float32, None)
-    base = mc.get_model({}, "")
-    _reinit(base.diffusion_model, seed)
-    clip = _reinit(TinySDXLClipModel(device="cpu", dtype=torch.float32), seed + 1)
-    vae = _reinit(comfy.taesd.taesd.TAESD(), seed + 2)
-    sd = _compat().checkpoint_state_dict(base, base.diffusion_model.state_dict(), clip.state_dict(), vae.state_dict())
-    return {k: v.contiguous() for k, v in sd.items()}
+    return _build_checkpoint(register_sdxl(), TINY_SDXL_UNET_CONFIG, seed)
 
 
-@torch.no_grad()
 def build_sdxl_controlnet_sd(seed: int = 13, hint_channels: int = 3) -> dict:
-    import comfy.cldm.cldm
     register_sdxl()
-    cfg = dict(TINY_SDXL_UNET_CONFIG)
-    cfg.pop("out_channels")
-    cfg.update(hint_channels=hint_channels, dtype=torch.float32)
-    cn = _reinit(comfy.cldm.cldm.ControlNet(**cfg), seed)
-    return {k: v.contiguous() for k, v in cn.state_dict().items()}
+    return _build_controlnet(TINY_SDXL_UNET_CONFIG, seed, hint_channels=hint_channels)
 
 
 def write_sdxl(models_dir: str) -> dict:
