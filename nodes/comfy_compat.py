@@ -33,25 +33,105 @@ def ksampler_model(model):
     return model if hasattr(model, "get_model_object") else model.model
 
 
-def is_dynamic(model) -> bool:
-    """True for ComfyUI 0.33's default CUDA patcher ("dynamic VRAM", comfy-aimdo), which streams weights to
-    the GPU layer by layer and keeps none resident. Older ComfyUI has only static patchers."""
-    f = getattr(model, "is_dynamic", None)
-    return bool(f()) if f is not None else False
+def stored_data(t: torch.Tensor) -> torch.Tensor:
+    """The data a weight is stored as, for reading (fingerprints): quantized checkpoints (ComfyUI's QuantizedTensor,
+    fp8 / nvfp4 / mxfp8 / int8 layouts since late 2025) keep it in ``_qdata``; every other weight is itself."""
+    q = getattr(t, "_qdata", None)
+    return q if torch.is_tensor(q) else t
 
 
-def static_patcher(model):
-    """A patcher whose weights, once loaded, are real tensors on the load device (with the MODEL's patches
-    applied). Dynamic-VRAM patchers (ComfyUI 0.33 on CUDA) hand over ComfyUI's own non-dynamic delegate, the route
-    ComfyUI itself takes when streaming cannot serve a use (``get_non_dynamic_delegate``); static patchers are
-    returned unchanged."""
-    if not is_dynamic(model):
-        return model
+def patch_tensors(entries) -> list:
+    """The tensors inside the ModelPatcher patch entries of one key (LoRA up/down/alpha...). Early ComfyUI keeps them
+    in nested tuples (("lora", (up, down, alpha, ...))); since 2025 a weight-adapter object holds them in
+    ``weights``. Either is walked."""
+    out, todo, seen = [], [entries], 0
+    while todo and seen < 10000:
+        x = todo.pop()
+        seen += 1
+        if torch.is_tensor(x):
+            out.append(x)
+        elif isinstance(x, (list, tuple)):
+            todo.extend(reversed(x))
+        elif isinstance(x, dict):
+            todo.extend(x[k] for k in sorted(x, key=str))
+        elif hasattr(x, "weights"):
+            todo.append(x.weights)
+    return out
+
+
+def load_models(patchers: list, memory_required: int) -> None:
+    """``load_models_gpu`` as samplers call it, keeping ``memory_required`` bytes free for the caller: ComfyUI unloads
+    other models, or loads these partly (low VRAM), only when it must. Since 2024 it also takes
+    ``minimum_memory_required``, which ComfyUI 0.33 uses to size a partial load; the early-2024 host sizes it from
+    ``memory_required`` alone."""
+    import comfy.model_management as mm
+    if "minimum_memory_required" in inspect.signature(mm.load_models_gpu).parameters:
+        mm.load_models_gpu(patchers, memory_required=memory_required, minimum_memory_required=memory_required)
+    else:
+        mm.load_models_gpu(patchers, memory_required=memory_required)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free memory on an accelerator as ComfyUI counts it (its own cache included), None on the CPU (RAM is the
+    system's to manage; ComfyUI never loads partly there). Same call in every version."""
+    import comfy.model_management as mm
+    if device.type in ("cpu", "meta"):
+        return None
+    return int(mm.get_free_memory(device))
+
+
+def casts_per_call(module: torch.nn.Module) -> bool:
+    """True for a ComfyUI layer that makes its weight in every forward instead of using a resident one: layers a
+    partial (low-VRAM) load left on the offload device, fp8 / quantized layers, layers cast to the compute dtype, and
+    layers with weight patches applied per call. ``weight_function`` is a callable or None on the early-2024 host and a
+    list since 2024 (several patches)."""
+    if not hasattr(module, "comfy_cast_weights"):
+        return False
+    if getattr(module, "comfy_cast_weights", False):
+        return True
+    wf, bf = getattr(module, "weight_function", None), getattr(module, "bias_function", None)
+    has = lambda f: bool(f) if isinstance(f, (list, tuple)) else f is not None   # noqa: E731
+    return has(wf) or has(bf)
+
+
+def warn_training_precision(dtype: torch.dtype) -> None:
+    """Warn, as ComfyUI's own trainer does, when fp16 training meets ``--fast fp16_accumulation`` (fp16 matmuls that
+    also accumulate in fp16: unstable in training, NaN losses). The ``--fast`` features came in 2025; the early-2024
+    host has none."""
+    if dtype != torch.float16:
+        return
     try:
-        return model.get_non_dynamic_delegate()
-    except RuntimeError as e:      # a MODEL built without a loader record (cached_patcher_init) has no delegate
-        raise RuntimeError(f"this dynamic-VRAM MODEL has no static delegate ({e}); start ComfyUI with "
-                           "--disable-dynamic-vram to train on it") from e
+        from comfy.cli_args import PerformanceFeature, args
+    except ImportError:
+        return
+    if PerformanceFeature.Fp16Accumulation in (getattr(args, "fast", None) or ()):
+        import logging
+        logging.getLogger("MegaPortrait").warning(
+            "MegaPortrait: fp16 training with --fast fp16_accumulation can become unstable (NaN losses): set precision "
+            "to bf16 or fp32 in the Identity LoRA Trainer, or start ComfyUI without fp16_accumulation in --fast.")
+
+
+NO_BACKWARD_ATTENTION = ("attention_sage", "attention3_sage", "attention_comfy_kitchen_int8")
+
+
+def training_transformer_options() -> dict:
+    """``transformer_options`` for training forwards: when ComfyUI's attention is a kernel without a backward
+    (``--use-sage-attention``, SageAttention 3, Comfy Kitchen int8), PyTorch's attention for the training passes
+    through ``optimized_attention_override`` (attention overrides came in ComfyUI 0.3.5x, 2025; the early-2024 host has
+    no such backends and needs nothing)."""
+    try:
+        import comfy.ldm.modules.attention as attention
+    except ImportError:
+        return {}
+    current = getattr(attention, "optimized_attention", None)
+    pytorch = getattr(attention, "attention_pytorch", None)
+    if pytorch is None or getattr(current, "__name__", "") not in NO_BACKWARD_ATTENTION \
+            or not hasattr(attention, "wrap_attn"):
+        return {}
+    import logging
+    logging.getLogger("MegaPortrait").info("MegaPortrait: %s has no backward; training uses PyTorch attention",
+                                           current.__name__)
+    return {"optimized_attention_override": lambda func, *args, **kwargs: pytorch(*args, **kwargs)}
 
 
 def checkpoint_state_dict(base_model, unet_sd: dict, clip_sd: dict | None, vae_sd: dict | None) -> dict:

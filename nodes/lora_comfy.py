@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -108,13 +110,30 @@ def te_modules(model, te) -> dict:
 # ------------------------------------------------------------------------------------------- train once
 def weights_fingerprint(module: torch.nn.Module, samples: int = 16) -> str:
     """A digest of a module's weights from the names, shapes, dtypes and ``samples`` evenly spaced values of every
-    parameter and buffer: cheap on multi-GB models, and it tells two checkpoints (or LoRA mixes) apart."""
+    parameter and buffer: cheap on multi-GB models, and it tells two checkpoints (or LoRA mixes) apart. Reads the
+    weights where they are (no loading; quantized weights by their stored data)."""
     h = hashlib.sha256()
     for name, t in sorted(list(module.named_parameters()) + list(module.named_buffers()), key=lambda x: x[0]):
-        flat = t.detach().reshape(-1)
-        idx = torch.linspace(0, max(flat.numel() - 1, 0), min(samples, flat.numel())).long().to(flat.device)
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(flat[idx].float().cpu().numpy().tobytes())
+        h.update(_sampled_bytes(compat.stored_data(t), samples))
+    return h.hexdigest()
+
+
+def _sampled_bytes(t: torch.Tensor, samples: int) -> bytes:
+    if t.device.type == "meta":
+        return b""
+    flat = t.detach().reshape(-1)
+    idx = torch.linspace(0, max(flat.numel() - 1, 0), min(samples, flat.numel())).long().to(flat.device)
+    return flat[idx].float().cpu().numpy().tobytes()
+
+
+def patches_fingerprint(patcher, samples: int = 16) -> str:
+    """A digest of the weight patches (LoRAs...) a ModelPatcher carries: keys, strengths and sampled values of every
+    patch tensor, so two different LoRAs on the same layers at the same strengths differ."""
+    h = hashlib.sha256(json.dumps(compat.patch_summary(patcher)).encode())
+    for key in sorted(getattr(patcher, "patches", {}) or {}):
+        for t in compat.patch_tensors(patcher.patches[key]):
+            h.update(_sampled_bytes(t, samples))
     return h.hexdigest()
 
 
@@ -134,33 +153,202 @@ def _condition_fingerprint(clip, prompt: str) -> str:
     return h.hexdigest()
 
 
-def training_key(model, clip, vae, images: torch.Tensor, prompt: str, cfg: lt.TrainConfig) -> str:
-    """What makes two trainings the same: photos, prompt, settings, the effective weights of the base model and VAE
-    (sampled after loading, so upstream LoRAs count) and the text encoder's condition for the prompt."""
-    try:
-        patcher = compat.static_patcher(model)
-    except RuntimeError as e:
-        raise MegaPortraitError("Identity LoRA Trainer", str(e), "start ComfyUI with --disable-dynamic-vram.") from e
-    import comfy.model_management as mm
-    mm.load_models_gpu([patcher])
+def training_key(model, clip, vae, images: torch.Tensor, prompt: str, cfg: lt.TrainConfig,
+                 masks: torch.Tensor | None = None) -> str:
+    """What makes two trainings the same: photos (and face masks), prompt, settings, the base model's weights as
+    stored plus the patches its MODEL carries (upstream LoRAs count), the VAE's weights and the text encoder's
+    condition for the prompt. Nothing is loaded onto the device for it (a dynamic-VRAM MODEL is not built twice)."""
     parts = {"format": lt.FORMAT_VERSION, "config": json.loads(json.dumps(lt.asdict(cfg))), "prompt": prompt,
-             "data": data_key(images), "unet": weights_fingerprint(patcher.model.diffusion_model),
-             "unet_patches": compat.patch_summary(model), "clip": _condition_fingerprint(clip, prompt),
-             "clip_patches": compat.patch_summary(clip.patcher), "vae": weights_fingerprint(vae.first_stage_model),
+             "data": data_key(images), "masks": data_key(masks) if masks is not None else None,
+             "unet": weights_fingerprint(model.model.diffusion_model), "unet_patches": patches_fingerprint(model),
+             "clip": _condition_fingerprint(clip, prompt), "clip_patches": compat.patch_summary(clip.patcher),
+             "vae": weights_fingerprint(vae.first_stage_model),
              "model_sampling": type(compat.model_object(model, "model_sampling")).__name__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 # ------------------------------------------------------------------------------------------- training
-def _memory_for_training(base, fam: families.Family, bs: int, h: int, w: int, checkpointing: bool) -> int:
-    """Bytes training needs on the device beyond the weights: a few times what one inference pass needs (the
-    activations are kept for backward), less with gradient checkpointing."""
-    shape = (bs, fam.latent_channels, h // fam.latent_scale, w // fam.latent_scale)
+@dataclass
+class TrainingData:
+    """What the loop samples from, on the training device: latents of the photos (and their mirror images), the
+    per-latent-pixel loss weights (face-weighted loss; None = every pixel 1), the prompt's condition."""
+    latents: torch.Tensor
+    weights: torch.Tensor | None
+    tokens: object
+    cond: torch.Tensor | None
+    pooled: torch.Tensor | None
+    height: int
+    width: int
+
+
+@dataclass
+class Twin:
+    """The private twin of the loaded model with its LoRA layers, and how it computes."""
+    base: torch.nn.Module
+    te: torch.nn.Module | None
+    te_mods: dict
+    groups: list
+    unet_names: list
+    dtype: torch.dtype
+    scaler: object
+
+
+def encode_data(model, clip, vae, images: torch.Tensor, masks: torch.Tensor | None, prompt: str, cfg: lt.TrainConfig,
+                device: torch.device) -> TrainingData:
+    """Step 1: the photos through the VAE and the prompt through the text encoder (before the diffusion model is
+    loaded, so encoder and trainer peaks do not add), every result moved to ``device``."""
+    latent_format = compat.model_object(model, "latent_format")    # (object patches included)
+    with torch.no_grad():
+        pix = images[..., :3].detach().float()
+        views = [pix, pix.flip(2)] if cfg.flip else [pix]
+        lat = torch.cat([latent_format.process_in(vae.encode(v).float().to(device)) for v in views]).detach().clone()
+        weights = None
+        if masks is not None and cfg.background_weight != 1.0:
+            m = masks.detach().float().to(device)
+            m = torch.cat([m, m.flip(2)]) if cfg.flip else m
+            weights = lt.latent_weight(m, tuple(lat.shape[-2:]), cfg.background_weight)
+        tokens = clip.tokenize(prompt)
+        cond = pooled = None
+        if not cfg.train_text_encoder:
+            cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+            cond = cond.detach().clone().to(device)
+            pooled = pooled.detach().clone().to(device) if pooled is not None else None
+    return TrainingData(lat, weights, tokens, cond, pooled, int(pix.shape[1]), int(pix.shape[2]))
+
+
+def training_memory(base, fam: families.Family, cfg: lt.TrainConfig, h: int, w: int, checkpointing: bool) -> int:
+    """Bytes training needs on the device beyond the weights ComfyUI keeps loaded: the activations kept for backward
+    (a few inference passes' worth, less with gradient checkpointing), the LoRA with its gradients and AdamW state
+    (fp32, 4 copies), and two of the largest layer's weights made per call (streamed or cast, never kept)."""
+    shape = (cfg.batch_size, fam.latent_channels, h // fam.latent_scale, w // fam.latent_scale)
     try:
         one = int(base.memory_required(shape))
     except Exception:
-        one = bs * h * w * 4 * 64
-    return one * (2 if checkpointing else 6)
+        one = cfg.batch_size * h * w * 4 * 64
+    lora = largest = 0
+    pattern = re.compile(fam.lora_targets[cfg.target])
+    for name, m in base.diffusion_model.named_modules():
+        weight = getattr(m, "weight", None)
+        if not torch.is_tensor(weight) or weight.ndim < 2:
+            continue
+        largest = max(largest, weight.numel())
+        if pattern.fullmatch(name):
+            lora += cfg.rank * (int(weight.shape[0]) + int(weight.shape[1]))
+    return one * (2 if checkpointing else 6) + lora * 4 * 4 + 2 * largest * 4
+
+
+def load_for_training(node: str, model, clip, fam: families.Family, cfg: lt.TrainConfig, data: TrainingData,
+                      checkpointing: bool) -> list:
+    """Step 2: the MODEL (and the CLIP when its LoRA trains) on their devices the way samplers load them, telling
+    ComfyUI what training needs: it unloads other models, or loads these partly (low VRAM: the layers left out
+    stream their weights per call), only when it must; a dynamic-VRAM MODEL streams every layer. Stops with the
+    numbers when even that leaves too little memory for training."""
+    patchers = [model] + ([clip.patcher] if cfg.train_text_encoder else [])
+    need = training_memory(model.model, fam, cfg, data.height, data.width, checkpointing)
+    compat.load_models(patchers, need)
+    device = model.load_device
+    free = compat.free_memory(device)
+    if free is not None and free < need:
+        gb = 1024 ** 3
+        raise MegaPortraitError(node, f"training needs about {need / gb:.1f} GB on {device} besides the weights "
+                                      f"ComfyUI kept loaded, and {free / gb:.1f} GB are free after loading them as "
+                                      f"far as they fit ({cfg.resolution} px, batch {cfg.batch_size}, gradient "
+                                      f"checkpointing {'on' if checkpointing else 'off'}).",
+                                "lower resolution or batch_size, turn gradient_checkpointing on, load the model with "
+                                "weight_dtype fp8_e4m3fn (or an fp8 checkpoint), or close other programs using the GPU.")
+    return patchers
+
+
+def build_twin(node: str, model, clip, fam: families.Family, cfg: lt.TrainConfig, precision: str,
+               checkpointing: bool) -> Twin:
+    """Step 3: the twin of the loaded model (and text encoder), with the sampling the MODEL samples with (object
+    patches included), its LoRA layers on the MODEL's device and its frozen layers keeping no weight copies."""
+    device = model.load_device
+    base = lt.shadow_module(model.model)
+    base.model_sampling = lt.shadow_module(compat.model_object(model, "model_sampling"))
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype, use_scaler = lt.training_precision(device, precision, base.get_dtype(), bf16)
+    compat.warn_training_precision(dtype)
+    _use_compute_dtype(base, dtype)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    norms = compat.residual_inplace_norms()
+    lt.clone_norm_inputs(base.diffusion_model, norms)
+    if checkpointing:
+        lt.enable_checkpointing(base.diffusion_model, fam.checkpoint_blocks)
+    unet_names = lt.inject_lora(base.diffusion_model, fam.lora_targets[cfg.target], cfg.rank, cfg.alpha, cfg.seed,
+                                device=device)
+    lt.stream_frozen_layers(base.diffusion_model, compat.casts_per_call)
+    groups = [{"params": lora_parameters(base.diffusion_model), "lr": cfg.learning_rate}]
+    te, te_mods = None, {}
+    if cfg.train_text_encoder:
+        te = lt.shadow_module(clip.patcher.model)
+        lt.clone_norm_inputs(te, norms)
+        te.reset_clip_options()
+        if getattr(clip, "layer_idx", None) is not None:
+            te.set_clip_options({"layer": clip.layer_idx})
+        te.set_clip_options({"execution_device": clip.patcher.load_device})   # (ignored where unknown)
+        te_mods = te_modules(model, te)
+        te_params = []
+        for i, mod in enumerate(te_mods.values()):
+            lt.inject_lora(mod, fam.te_lora_targets, cfg.rank, cfg.alpha, cfg.seed + 101 + i,
+                           device=clip.patcher.load_device)
+            lt.stream_frozen_layers(mod, compat.casts_per_call)
+            te_params += lora_parameters(mod)
+        groups.append({"params": te_params, "lr": cfg.text_learning_rate})
+    return Twin(base, te, te_mods, groups, unet_names, dtype, scaler)
+
+
+def make_loss_fn(twin: Twin, data: TrainingData, fam: families.Family, cfg: lt.TrainConfig, device: torch.device):
+    """The loss of one step from the loop's generator: a batch of latents, noise and sigmas from the model's own
+    schedule, the twin's prediction and the loss in the model's native parameterisation (face-weighted when the
+    data has weights)."""
+    base, ms = twin.base, twin.base.model_sampling
+    kind, sigma_data = loss_kind(ms), float(getattr(ms, "sigma_data", 1.0) or 1.0)
+    attention = compat.training_transformer_options()
+    cond_cache: dict = {}
+
+    def model_args(bs: int, x0: torch.Tensor) -> dict:
+        if twin.te is None and bs in cond_cache:
+            return cond_cache[bs]
+        if twin.te is None:
+            c, p = data.cond, data.pooled
+        else:
+            out = twin.te.encode_token_weights(data.tokens)
+            c, p = out[0].to(device), (out[1].to(device) if out[1] is not None else None)
+        kw = {"cross_attn": c.expand(bs, *c.shape[1:])}
+        if p is not None:
+            kw["pooled_output"] = p.expand(bs, *p.shape[1:])
+        if fam.train_guidance is not None:     # guidance-distilled models (Flux.1 dev): the guidance input
+            kw["guidance"] = fam.train_guidance
+        extra = base.extra_conds(width=data.width, height=data.height, crop_w=0, crop_h=0, target_width=data.width,
+                                 target_height=data.height, device=device, noise=x0, **kw)
+        args = {k: (v.cond.to(device) if torch.is_tensor(v.cond) else v.cond) for k, v in extra.items()}
+        if attention:
+            args["transformer_options"] = attention
+        if twin.te is None:
+            cond_cache[bs] = args
+        return args
+
+    def loss_fn(gen: torch.Generator) -> torch.Tensor:
+        bs = cfg.batch_size
+        idx = torch.randint(0, data.latents.shape[0], (bs,), generator=gen).to(device)
+        x0 = data.latents[idx]
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        sigma = draw_sigmas(ms, bs, gen).to(device)
+        args = model_args(bs, x0)
+        x_noisy = noisy_latent(ms, kind, x0, noise, sigma)
+        with lt.autocast(device, twin.dtype):
+            denoised = base.apply_model(x_noisy, sigma, **args)
+        weight = data.weights[idx] if data.weights is not None else None
+        return lt.native_loss(denoised, x0, sigma, kind, sigma_data, weight)
+    return loss_fn
+
+
+def export_lora(twin: Twin, cfg: lt.TrainConfig) -> dict:
+    sd = export_kohya(twin.base.diffusion_model, "lora_unet", cfg.alpha)
+    for prefix, mod in twin.te_mods.items():
+        sd.update(export_kohya(mod, prefix, cfg.alpha))
+    return sd
 
 
 def _use_compute_dtype(twin, dtype: torch.dtype) -> None:
@@ -177,139 +365,47 @@ def _use_compute_dtype(twin, dtype: torch.dtype) -> None:
 def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, prompt: str, cfg: lt.TrainConfig,
                         save_path: str, precision: str = "auto", gradient_checkpointing: bool = False,
                         resume: str = "auto", checkpoint_every: int = 100, metadata: dict | None = None,
-                        on_progress=None, train_key: str = "") -> tuple[dict, lt.TrainState, dict]:
-    """Train a LoRA on a twin of ``model`` (and of ``clip`` if ``cfg.train_text_encoder``); returns the kohya
-    LoRA tensors, the final TrainState and the safetensors metadata. Writes nothing but the resume checkpoint."""
+                        on_progress=None, train_key: str = "", masks: torch.Tensor | None = None
+                        ) -> tuple[dict, lt.TrainState, dict]:
+    """Train a LoRA on a twin of ``model`` (and of ``clip`` if ``cfg.train_text_encoder``), on the MODEL's own
+    device; ``masks`` ([N, H, W] face masks of ``images``) weight the loss when ``cfg.background_weight`` != 1.
+    Returns the kohya LoRA tensors, the final TrainState and the safetensors metadata. Writes nothing but the
+    resume checkpoint (also when cancelled inside a step: it resumes to the uninterrupted run)."""
     import comfy.model_management as mm
     family = model_family(model)
     check_trainable(node, model)
-    dkey = data_key(images)
+    fam = family_of(model)
+    dkey = data_key(images) + (f"+{data_key(masks)}" if masks is not None and cfg.background_weight != 1.0 else "")
     resume_file = save_path[: -len(".safetensors")] + RESUME_SUFFIX
-    device = mm.get_torch_device()
+    device = model.load_device
     with torch.inference_mode(False), torch.enable_grad():
-        state = lt.TrainState()
-        resumed_sd = None
+        state, resumed_sd = lt.TrainState(), None
         if resume == "auto" and os.path.exists(resume_file):   # loaded here: tensors made in inference mode can't train
             resumed_sd, state = lt.load_resume(node, resume_file, cfg, family, dkey)
             log.info("MegaPortrait: resuming %s at step %d", os.path.basename(resume_file), state.step)
-        latent_format = compat.model_object(model, "latent_format")    # (object patches included)
-        with torch.no_grad():      # 1. data: latents of the photos (and mirror images) and the text condition
-            pix = images[..., :3].detach().float().cpu()
-            lat = latent_format.process_in(vae.encode(pix).float().to(device))
-            if cfg.flip:
-                lat = torch.cat([lat, latent_format.process_in(vae.encode(pix.flip(2)).float().to(device))])
-            lat = lat.detach().clone()
-            tokens = clip.tokenize(prompt)
-            if not cfg.train_text_encoder:
-                cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-                cond = cond.detach().clone().to(device)
-                pooled = pooled.detach().clone().to(device) if pooled is not None else None
-        h, w = int(pix.shape[1]), int(pix.shape[2])
-        # 2. the model on the device once, as samplers load it
-        try:
-            patcher = compat.static_patcher(model)
-            te_patcher = compat.static_patcher(clip.patcher) if cfg.train_text_encoder else None
-        except RuntimeError as e:
-            raise MegaPortraitError(node, str(e), "start ComfyUI with --disable-dynamic-vram, or load the "
-                                                  "checkpoint with a stock loader node.") from e
-        patchers = [patcher]
-        if te_patcher is not None:
-            patchers.append(te_patcher)
-        # as samplers load: ComfyUI keeps the training memory free, unloading other models (or splitting these,
-        # low-VRAM) only when it must; the twin's layers then cast their weights per call like ComfyUI's own
-        fam = family_of(model)
-        mm.load_models_gpu(patchers, memory_required=_memory_for_training(patcher.model, fam, cfg.batch_size, h, w,
-                                                                           gradient_checkpointing))
-        # 3. the twin, with the sampling the MODEL samples with (object patches included)
-        base = lt.shadow_module(patcher.model)
-        base.model_sampling = lt.shadow_module(compat.model_object(model, "model_sampling"))
-        ms = base.model_sampling
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        dtype, use_scaler = lt.training_precision(device, precision, base.get_dtype(), bf16)
-        _use_compute_dtype(base, dtype)
-        scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        norms = compat.residual_inplace_norms()
-        lt.clone_norm_inputs(base.diffusion_model, norms)
-        if gradient_checkpointing:
-            lt.enable_checkpointing(base.diffusion_model, fam.checkpoint_blocks)
-        unet_names = lt.inject_lora(base.diffusion_model, fam.lora_targets[cfg.target], cfg.rank, cfg.alpha, cfg.seed)
-        groups = [{"params": lora_parameters(base.diffusion_model), "lr": cfg.learning_rate}]
-        te, te_mods = None, {}
-        if te_patcher is not None:
-            te = lt.shadow_module(te_patcher.model)
-            lt.clone_norm_inputs(te, norms)
-            te.reset_clip_options()
-            if getattr(clip, "layer_idx", None) is not None:
-                te.set_clip_options({"layer": clip.layer_idx})
-            te.set_clip_options({"execution_device": te_patcher.load_device})   # (ignored where unknown)
-            te_mods = te_modules(model, te)
-            te_params = []
-            for i, mod in enumerate(te_mods.values()):
-                lt.inject_lora(mod, fam.te_lora_targets, cfg.rank, cfg.alpha, cfg.seed + 101 + i)
-                te_params += lora_parameters(mod)
-            groups.append({"params": te_params, "lr": cfg.text_learning_rate})
+        data = encode_data(model, clip, vae, images, masks, prompt, cfg, device)
+        load_for_training(node, model, clip, fam, cfg, data, gradient_checkpointing)
+        twin = build_twin(node, model, clip, fam, cfg, precision, gradient_checkpointing)
         if resumed_sd is not None:
             try:
-                import_kohya(base.diffusion_model, "lora_unet", resumed_sd)
-                for prefix, mod in te_mods.items():
+                import_kohya(twin.base.diffusion_model, "lora_unet", resumed_sd)
+                for prefix, mod in twin.te_mods.items():
                     import_kohya(mod, prefix, resumed_sd)
             except (KeyError, ValueError) as e:
                 raise MegaPortraitError(node, f"the resume checkpoint does not fit this model ({e}).",
                                         "set resume to off or use another save_name.") from e
-
-        kind = loss_kind(ms)
-        sigma_data = float(getattr(ms, "sigma_data", 1.0) or 1.0)
-        cond_cache: dict = {}
-
-        def model_args(bs: int, x0: torch.Tensor) -> dict:
-            if te is None and bs in cond_cache:
-                return cond_cache[bs]
-            if te is None:
-                c, p = cond, pooled
-            else:
-                out = te.encode_token_weights(tokens)
-                c, p = out[0].to(device), (out[1].to(device) if out[1] is not None else None)
-            kw = {"cross_attn": c.expand(bs, *c.shape[1:])}
-            if p is not None:
-                kw["pooled_output"] = p.expand(bs, *p.shape[1:])
-            if fam.train_guidance is not None:     # guidance-distilled models (Flux.1 dev): the guidance input
-                kw["guidance"] = fam.train_guidance
-            extra = base.extra_conds(width=w, height=h, crop_w=0, crop_h=0, target_width=w, target_height=h,
-                                     device=device, noise=x0, **kw)
-            args = {k: (v.cond.to(device) if torch.is_tensor(v.cond) else v.cond) for k, v in extra.items()}
-            if te is None:
-                cond_cache[bs] = args
-            return args
-
-        def loss_fn(gen: torch.Generator) -> torch.Tensor:
-            bs = cfg.batch_size
-            idx = torch.randint(0, lat.shape[0], (bs,), generator=gen)
-            x0 = lat[idx.to(device)]
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            sigma = draw_sigmas(ms, bs, gen).to(device)
-            args = model_args(bs, x0)
-            x_noisy = noisy_latent(ms, kind, x0, noise, sigma)
-            with lt.autocast(device, dtype):
-                denoised = base.apply_model(x_noisy, sigma, **args)
-            return lt.native_loss(denoised, x0, sigma, kind, sigma_data)
-
-        def export() -> dict:
-            sd = export_kohya(base.diffusion_model, "lora_unet", cfg.alpha)
-            for prefix, mod in te_mods.items():
-                sd.update(export_kohya(mod, prefix, cfg.alpha))
-            return sd
-
         progress = on_progress or (lambda s, l, ls: None)
+        save = lambda st: lt.save_resume(resume_file, export_lora(twin, cfg), st, cfg, family, dkey)  # noqa: E731
         try:
             with compat.training_mode():
-                state = lt.train_loop(loss_fn, groups, cfg, state, device=device, scaler=scaler,
+                state = lt.train_loop(make_loss_fn(twin, data, fam, cfg, device), twin.groups, cfg, state,
+                                      device=device, scaler=twin.scaler,
                                       on_step=lambda s, l: progress(s, l, state.losses),
                                       check_interrupt=mm.throw_exception_if_processing_interrupted,
-                                      checkpoint=lambda st: lt.save_resume(resume_file, export(), st, cfg, family, dkey),
-                                      checkpoint_every=checkpoint_every)
+                                      checkpoint=save, checkpoint_every=checkpoint_every)
         except mm.InterruptProcessingException:
             if state.step > 0:
-                lt.save_resume(resume_file, export(), state, cfg, family, dkey)
+                save(state)
                 log.info("MegaPortrait: training interrupted at step %d/%d; resume checkpoint %s", state.step, cfg.steps,
                          resume_file)
             raise
@@ -317,8 +413,8 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
             raise MegaPortraitError(node, f"{e} (photos with NaN/inf values, or a learning rate far too high).",
                                     "check the photos and lower learning_rate; precision fp32 rules out fp16 overflow."
                                     ) from e
-        lora_sd = export()
-    meta = lora_metadata(cfg, family, prompt, state, len(unet_names), int(images.shape[0]), train_key)
+        lora_sd = export_lora(twin, cfg)
+    meta = lora_metadata(cfg, family, prompt, state, len(twin.unet_names), int(images.shape[0]), train_key)
     meta.update(metadata or {})
     return lora_sd, state, meta
 

@@ -15,7 +15,7 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from .lora_files import ADAPTER, atomic_save, lora_parameters
 UNET_TARGETS = FAMILIES[0].lora_targets        # the SD UNet's (SD1.x, SD2.x and SDXL share them)
 TE_TARGETS = FAMILIES[0].te_lora_targets
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 
 
 @dataclass
@@ -46,6 +46,7 @@ class TrainConfig:
     target: str = "attention"
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
+    background_weight: float = 1.0       # face-weighted loss: the weight of pixels outside the face mask
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -135,25 +136,119 @@ def enable_checkpointing(module: torch.nn.Module, blocks: tuple = ("BasicTransfo
     return n
 
 
-def inject_lora(module: torch.nn.Module, pattern: str, rank: int, alpha: float, seed: int) -> list[str]:
-    """Add peft LoRA layers (adapter ``megaportrait``) to every Linear whose full name matches ``pattern``.
+def _is_linear_like(m: torch.nn.Module) -> bool:
+    """A Linear layer, or a layer that computes like one without being a ``torch.nn.Linear``: ComfyUI's quantized
+    ``mixed_precision_ops`` Linear (fp8 / nvfp4 / mxfp8 / int8 checkpoints) has a weight, in/out features and a
+    forward, and dequantizes in it."""
+    if isinstance(m, torch.nn.Linear):
+        return True
+    return (type(m).__name__ == "Linear" and isinstance(getattr(m, "in_features", None), int)
+            and isinstance(getattr(m, "out_features", None), int) and getattr(m, "weight", None) is not None)
 
-    A-matrices are initialised from ``seed`` (kaiming-uniform), B-matrices with zeros, so the adapted module
-    starts out equal to the original. Returns the adapted module names. Only the LoRA weights (fp32) train."""
+
+def inject_lora(module: torch.nn.Module, pattern: str, rank: int, alpha: float, seed: int,
+                device: torch.device | None = None) -> list[str]:
+    """Add peft LoRA layers (adapter ``megaportrait``) to every Linear-like layer whose full name matches ``pattern``
+    (plain ``nn.Linear`` and ComfyUI's quantized Linear layers alike: the base layer computes as it always does).
+
+    A-matrices are initialised from ``seed`` (kaiming-uniform, peft's own init) with a private generator, B-matrices
+    with zeros, so the adapted module starts out equal to the original; no global random generator is seeded or
+    advanced. The LoRA weights are fp32 on ``device`` (the compute device; default: where each layer's weight is),
+    also for layers whose weights a partial load left on the offload device. Returns the adapted module names."""
     peft = require("peft", "Identity LoRA Trainer", "peft", "identity LoRA training")
-    names = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and re.fullmatch(pattern, n)]
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    names = [n for n, m in module.named_modules() if _is_linear_like(m) and re.fullmatch(pattern, n)]
     if not names:
         raise ValueError(f"no Linear layer matches {pattern!r}")
     module.requires_grad_(False)
     cfg = peft.LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=names, lora_dropout=0.0, bias="none",
                           init_lora_weights=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    custom = {type(m) for n, m in module.named_modules() if n in set(names) and not isinstance(m, torch.nn.Linear)}
+    if custom:
+        cfg._register_custom_module({t: LoraLinear for t in custom})
+    with torch.random.fork_rng(devices=[]):      # peft's own init draws from the CPU generator: put it back after
         peft.inject_adapter_in_model(cfg, module, adapter_name=ADAPTER)
+    gen = torch.Generator().manual_seed(int(seed))
+    from .lora_files import lora_layers
+    for _, layer in lora_layers(module):
+        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        dev = device if device is not None else a.device
+        init = torch.empty(a.shape, dtype=torch.float32)
+        torch.nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=gen)     # what peft does, from our generator
+        a.data = init.to(dev)
+        b.data = torch.zeros(b.shape, dtype=torch.float32, device=dev)
     for p in lora_parameters(module):
-        p.data = p.data.float()
         p.requires_grad_(True)
     return names
+
+
+# -------------------------------------------------------------------------------- frozen layers, streamed
+class _FrozenRecompute(torch.autograd.Function):
+    """A frozen layer whose weight is made per call (cast to the compute dtype, dequantized, streamed from the
+    offload device): the forward keeps nothing of it for backward; backward makes it again and takes the input
+    gradient through it. Only the input is saved (the LoRA beside the layer saves the same tensor anyway)."""
+
+    @staticmethod
+    def forward(ctx, x, fwd):
+        ctx.fwd = fwd
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return fwd(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, = ctx.saved_tensors
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            y = ctx.fwd(xd)
+            grad_x, = torch.autograd.grad(y, xd, grad_out)
+        return grad_x, None
+
+
+def stream_frozen_layers(module: torch.nn.Module, casts_per_call: Callable[[torch.nn.Module], bool]) -> int:
+    """Make every frozen layer of a twin for which ``casts_per_call(layer)`` holds (its weight copied, cast or
+    dequantized in each forward: layers a partial load left on the offload device, fp8/quantized weights, weights
+    cast to the training precision) keep no weight copy for backward (see :class:`_FrozenRecompute`). Calls with
+    more than one argument, or whose input needs no gradient, run as before. Returns the layers changed."""
+    n = 0
+    for m in module.modules():
+        if m.__dict__.get("_mp_stream") or not casts_per_call(m):
+            continue
+        if any(p.requires_grad for p in m.parameters(recurse=False)):
+            continue
+        orig = m.forward
+
+        def fwd(*args, _orig=orig, **kwargs):
+            if len(args) == 1 and not kwargs and torch.is_tensor(args[0]) and args[0].requires_grad \
+                    and torch.is_grad_enabled():
+                return _FrozenRecompute.apply(args[0], _orig)
+            return _orig(*args, **kwargs)
+        m.forward = fwd
+        m._mp_stream = True
+        n += 1
+    return n
+
+
+@contextlib.contextmanager
+def saved_for_backward(exclude: Iterable[torch.Tensor] = ()):
+    """Count the bytes autograd saves for backward inside the block (each storage once), leaving out the storages
+    of ``exclude`` (the model's own weights, resident anyway). Yields a dict whose "bytes" is filled as it runs."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude if t is not None and t.device.type != "meta"}
+    seen: set[int] = set()
+    out = {"bytes": 0}
+
+    def pack(t):
+        try:
+            st = t.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr not in skip and ptr not in seen and t.device.type != "meta":
+                seen.add(ptr)
+                out["bytes"] += st.nbytes()
+        except (RuntimeError, NotImplementedError):     # tensor subclasses without a plain storage
+            out["bytes"] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield out
 
 
 # -------------------------------------------------------------------------------- precision, loss
@@ -182,17 +277,30 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 def native_loss(denoised: torch.Tensor, latent: torch.Tensor, sigma: torch.Tensor, kind: str,
-                sigma_data: float = 1.0) -> torch.Tensor:
+                sigma_data: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
     """MSE in the model's native target space, computed from its x0 prediction.
 
     eps: ((x0 - x0_hat) / sigma)^2 == (eps_hat - eps)^2;  v: the same times (sigma^2 + sd^2) / sd^2;
     flow (x = sigma * eps + (1 - sigma) * x0, velocity u = eps - x0, x0_hat = x - sigma * u_hat):
-    ((x0 - x0_hat) / sigma)^2 == (u_hat - u)^2, the rectified-flow loss."""
+    ((x0 - x0_hat) / sigma)^2 == (u_hat - u)^2, the rectified-flow loss.
+    ``weight`` ([B, 1, h, w] in the latent's size, see :func:`latent_weight`) weights each latent pixel (the
+    face-weighted loss): the mean of weight x squared error, so a pixel of weight w gets w times its gradient."""
     s = sigma.view(-1, *([1] * (latent.ndim - 1))).float()
     w = 1.0 / s ** 2
     if kind == "v":
         w = w * (s ** 2 + sigma_data ** 2) / sigma_data ** 2
-    return (w * (denoised.float() - latent.float()) ** 2).mean()
+    err = w * (denoised.float() - latent.float()) ** 2
+    if weight is not None:
+        err = err * weight.float()
+    return err.mean()
+
+
+def latent_weight(masks: torch.Tensor, latent_hw: tuple[int, int], background_weight: float) -> torch.Tensor:
+    """Per-latent-pixel loss weights [N, 1, h, w] from face masks [N, H, W] (1 = face and hair, 0 = background):
+    ``background_weight`` outside the face, 1 inside, the mask's feathered edge in between (area-averaged to the
+    latent grid, where one latent pixel is 8x8 or 16x16 image pixels)."""
+    m = torch.nn.functional.interpolate(masks.float().clamp(0, 1)[:, None], size=latent_hw, mode="area")
+    return background_weight + (1.0 - background_weight) * m
 
 
 # -------------------------------------------------------------------------------- the loop
@@ -240,7 +348,9 @@ def train_loop(loss_fn: Callable[[torch.Generator], torch.Tensor], param_groups:
     ``loss_fn(generator)`` draws its random numbers (batch, noise, sigmas) from the CPU generator whose state is
     part of ``state``, so a run resumed from a checkpoint repeats the uninterrupted run exactly. ``scaler`` (a
     ``torch.amp.GradScaler``) scales the loss for fp16; its state is restored from and saved to ``state`` too.
-    An exception from ``check_interrupt`` leaves ``state`` at the last completed step (for the caller to save)."""
+    An exception from ``check_interrupt``, or raised anywhere inside a step (ComfyUI 0.33 checks for Cancel in every
+    layer's forward), leaves ``state`` at the last completed step with the generator as it was before that step, so
+    the resumed run draws the same batch, noise and sigmas again (for the caller to save)."""
     opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
     if state.optimizer_state is not None:
         opt.load_state_dict(state.optimizer_state)
@@ -261,17 +371,22 @@ def train_loop(loss_fn: Callable[[torch.Generator], torch.Tensor], param_groups:
         while state.step < cfg.steps:
             check_interrupt()
             gen_before = gen.get_state()
-            loss = loss_fn(gen)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
+            try:       # a Cancel inside the forward or backward (ComfyUI checks in every layer) undoes the step's draws
+                loss = loss_fn(gen)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLoss(f"the loss became {loss_value} at step {state.step + 1}")
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                else:
+                    loss.backward()
+            except BaseException:
                 gen.set_state(gen_before)
-                raise NonFiniteLoss(f"the loss became {loss_value} at step {state.step + 1}")
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
+                opt.zero_grad(set_to_none=True)
+                raise
+            del loss
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if scaler is not None:

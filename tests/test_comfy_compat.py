@@ -30,14 +30,51 @@ class DynamicPatcher(StaticPatcher):
         return self.delegate
 
 
-def test_static_patcher(compat):
-    static = StaticPatcher()
-    assert compat.static_patcher(static) is static                      # early-2024 style: no is_dynamic at all
-    delegate = StaticPatcher()
-    assert compat.is_dynamic(DynamicPatcher(delegate)) and not compat.is_dynamic(static)
-    assert compat.static_patcher(DynamicPatcher(delegate)) is delegate   # 0.33 on CUDA: ComfyUI's own delegate
-    with pytest.raises(RuntimeError, match="--disable-dynamic-vram"):
-        compat.static_patcher(DynamicPatcher(None))
+def test_casts_per_call_both_weight_function_forms(compat):
+    class Layer(torch.nn.Module):
+        comfy_cast_weights = False
+    plain = torch.nn.Linear(2, 2)
+    assert not compat.casts_per_call(plain)                             # not a ComfyUI layer
+    m = Layer()
+    m.weight_function, m.bias_function = None, None                     # early 2024: callable or None
+    assert not compat.casts_per_call(m)
+    m.weight_function = lambda w: w
+    assert compat.casts_per_call(m)
+    m.weight_function, m.bias_function = [], []                         # since 2024: lists
+    assert not compat.casts_per_call(m)
+    m.bias_function = [lambda w: w]
+    assert compat.casts_per_call(m)
+    m.bias_function = []
+    m.comfy_cast_weights = True                                         # offloaded / cast / quantized
+    assert compat.casts_per_call(m)
+
+
+def test_patch_tensors_and_stored_data(compat):
+    up, down, alpha = torch.ones(2, 1), torch.zeros(1, 2), torch.tensor(1.0)
+
+    class Adapter:                                                      # since 2025: weight adapters
+        weights = (up, down, alpha, None)
+    old = [(1.0, ("lora", (up, down, alpha, None)), 1.0)]               # early 2024
+    new = [(1.0, Adapter(), 1.0, None, None)]
+    for entries in (old, new):
+        got = compat.patch_tensors(entries)
+        assert len(got) == 3 and got[0] is up and got[1] is down and got[2] is alpha
+
+    class Quant(torch.Tensor):
+        pass
+    q = torch.ones(3).as_subclass(Quant)
+    q._qdata = torch.arange(3, dtype=torch.uint8)
+    assert compat.stored_data(q) is q._qdata and compat.stored_data(up) is up
+
+
+def test_training_transformer_options(compat, comfy):
+    """PyTorch attention replaces kernels without a backward (sage) for training; other backends are left alone."""
+    import comfy.ldm.modules.attention as attention
+    opts = compat.training_transformer_options()
+    if getattr(attention.optimized_attention, "__name__", "") in compat.NO_BACKWARD_ATTENTION:
+        assert "optimized_attention_override" in opts
+    else:
+        assert opts == {}
 
 
 def test_model_object_sees_object_patches(compat):
@@ -85,7 +122,7 @@ def test_real_host(compat, comfy):
     assert ("BasicTransformerBlock" in norms) == early
     with torch.inference_mode():
         m = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[0]
-    assert compat.static_patcher(m) is m                               # the CPU never gets a dynamic patcher
+    assert not compat.casts_per_call(m.model.diffusion_model.input_blocks[0][0])   # fp32 on the CPU: resident
     assert type(compat.model_object(m, "model_sampling")).__name__ != "NoneType"
 
 
