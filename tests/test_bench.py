@@ -105,7 +105,8 @@ def test_trainer_bench_runs_its_code(tmp_path):
     res = json.loads(line[len("RESULT:"):])
     assert res["section"] == "trainer" and res["dry_run"] is True
     rows = {x["op"]: x for x in res["rows"]}
-    assert set(rows) == {"seconds per step", "peak RSS of the process", "of which training (peak - RSS before it)",
+    assert set(rows) == {"seconds per step (wall clock)", "CPU seconds per step (the process's own work)",
+                         "peak RSS of the process", "of which training (peak - RSS before it)",
                          "trainable parameters"}
     has_node = os.path.isfile(os.path.join(COMFY_ROOT, "comfy_extras", "nodes_train.py"))
     for x in rows.values():
