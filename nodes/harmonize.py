@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import comfy_compat, families
-from .common import CATEGORY, MegaPortraitError, check_image, check_int, check_mask, check_number
+from .common import CATEGORY, MegaPortraitError, check_bool, check_image, check_int, check_mask, check_number
 from .lora_files import load_lora_file, lora_fit_problem
 from .sampling import apply_controlnet, check_controlnet, decode, model_context_dim, sampling_inputs
 
@@ -244,6 +244,7 @@ class Harmonize:
         fill_guidance = check_number(node, "fill_guidance", fill_guidance, 0.0, 100.0)
         cfg, denoise = check_number(node, "cfg", cfg, 0.0, 100.0), check_number(node, "denoise", denoise, 0.0, 1.0)
         padding = check_number(node, "padding", padding, 0.0, 4.0)
+        crop_to_mask = check_bool(node, "crop_to_mask", crop_to_mask)
         control_strength = check_number(node, "control_strength", control_strength, 0.0, 10.0)
         grow, feather = check_int(node, "grow", grow, -512, 512), check_int(node, "feather", feather, 0, 512)
         steps = check_int(node, "steps", steps, 1, 10000)

@@ -27,9 +27,10 @@ def test_markdown_tables_for_every_section():
                                                           "reference_s": 0.02, "ratio": 0.5}]},
         {"section": "sampling", "machine": m, "rows": [{"op": "dual", "model": "SD", "size": "64x64", "ours_s": 1.0,
                                                          "stock_s": 2.0, "ratio": 0.5, "stock": "two KSamplers"}]},
-        {"section": "trainer", "machine": m, "rows": [{"op": "t", "ours_steps_per_s": 2.0, "peft_steps_per_s": 1.0,
-                                                        "speed_ratio": 2.0, "ours_peak_rss_mb": 10, "peft_peak_rss_mb": 20,
-                                                        "ours_train_mb": 5, "peft_train_mb": 6, "memory_ratio": 0.5}]},
+        {"section": "trainer", "machine": m, "model": "tiny", "rows": [
+            {"op": "seconds per step", "unit": "s", "ours": 0.5, "refs": [
+                {"name": "plain peft loop", "value": 0.25, "ratio": 2.0}, {"name": "TrainLoraNode", "note": "n/a"}]},
+            {"op": "weights", "unit": "MB", "ours": 10.0, "refs": [{"name": "TrainLoraNode", "value": 40.0, "ratio": 0.25}]}]},
         {"section": "faces", "machine": m, "rows": [{"op": "detect faces", "size": "1 Mpx (1280x800)", "faces": 46,
                                                       "ours_found": 46, "ours_s": 0.5, "old_found": 0, "old_s": 0.05}]},
         {"section": "pipeline", "error": "boom"},
@@ -38,7 +39,10 @@ def test_markdown_tables_for_every_section():
     assert "| light map | 512 px | 10.0 ms | 20.0 ms | 0.50x |" in md
     assert "| dual | SD | 64x64 | 1.00 s | 2.00 s (two KSamplers) | 0.50x |" in md
     assert "| detect faces | 1 Mpx (1280x800) | 46 | 46 | 500.0 ms | 0 | 50.0 ms |" in md
-    assert "2.00x" in md and "boom" in md
+    assert "| measurement | ours | plain peft loop | ratio | TrainLoraNode | ratio |" in md
+    assert "| seconds per step | 500.0 ms | 250.0 ms | 2.00x | n/a | - |" in md
+    assert "| weights | 10 MB | - | - | 40 MB | 0.25x |" in md
+    assert "boom" in md
 
 
 def test_timeit_pair_alternates_and_reports_both():
@@ -87,3 +91,39 @@ def test_flux_gpu_bench_runs_its_code_on_the_cpu(tmp_path):
     res = json.loads(line[len("RESULT:"):])
     assert res["section"] == "gpu_flux" and res["dry_run"] is True and len(res["rows"]) == 3
     assert all("it/s" in x["value"] or x["value"].endswith("n/a (CPU)") for x in res["rows"])
+
+
+def test_trainer_bench_runs_its_code(tmp_path):
+    """The trainer bench (ours, the plain peft loop and ComfyUI's TrainLoraNode where the host has it) runs at tiny
+    sizes in one process, and its rows render; on the early-2024 host the TrainLoraNode column says why it is empty."""
+    from conftest import COMFY_ROOT
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "bench_trainer.py"), "--dry-run"],
+                       capture_output=True, text=True, timeout=600, cwd=os.path.join(REPO, "bench"),
+                       env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT:")][-1]
+    res = json.loads(line[len("RESULT:"):])
+    assert res["section"] == "trainer" and res["dry_run"] is True
+    rows = {x["op"]: x for x in res["rows"]}
+    assert set(rows) == {"seconds per step (wall clock)", "CPU seconds per step (the process's own work)",
+                         "peak RSS of the process", "of which training (peak - RSS before it)",
+                         "trainable parameters"}
+    has_node = os.path.isfile(os.path.join(COMFY_ROOT, "comfy_extras", "nodes_train.py"))
+    for x in rows.values():
+        assert x["ours"] > 0 and [ref["name"] for ref in x["refs"]] == ["plain peft loop", "ComfyUI TrainLoraNode"]
+        peft, node = x["refs"]
+        assert peft["value"] > 0 and abs(peft["ratio"] - x["ours"] / peft["value"]) < 1e-9
+        if has_node:
+            assert node["value"] > 0 and abs(node["ratio"] - x["ours"] / node["value"]) < 1e-9
+        else:
+            assert node == {"name": "ComfyUI TrainLoraNode", "note": "not available on this ComfyUI"}
+    # same rank and layers as the peft loop: the same number of LoRA weights; TrainLoraNode adapts every layer
+    params = rows["trainable parameters"]
+    assert params["ours"] == params["refs"][0]["value"]
+    if has_node:
+        assert params["refs"][1]["value"] > params["ours"]
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import run
+    md = run.to_markdown([res], "now")
+    assert "| measurement | ours | plain peft loop | ratio | ComfyUI TrainLoraNode | ratio |" in md
+    assert ("not available on this ComfyUI" in md) != has_node
