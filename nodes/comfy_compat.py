@@ -73,13 +73,13 @@ def latent_channels(model) -> int:
 def is_inpaint_model(model) -> bool:
     """True for inpainting models (input channels for a mask and a masked image besides the latent). The
     early-2024 host flags SD inpainting checkpoints with ``BaseModel.inpaint_model``, later ComfyUI lists
-    ``concat_keys`` instead (2024); FLUX.1 Fill (ComfyUI from Aug 2024) has neither: its ``img_in`` simply takes
-    more channels than the model puts out."""
+    ``concat_keys`` instead (2024); models that take the extra channels without either (FLUX.1 Fill, ComfyUI from
+    Aug 2024) have a diffusion model whose config takes more input channels than it puts out."""
     base = model.model
     if getattr(base, "inpaint_model", False) or getattr(base, "concat_keys", ()):
         return True
     cfg = getattr(base.model_config, "unet_config", {}) or {}
-    return cfg.get("image_model") == "flux" and int(cfg.get("in_channels") or 0) > int(cfg.get("out_channels") or 0)
+    return bool(cfg.get("out_channels")) and int(cfg.get("in_channels") or 0) > int(cfg["out_channels"])
 
 
 # ------------------------------------------------------------------------------------------- ControlNet

@@ -144,9 +144,8 @@ def _context_dim_of_controlnet(control_net) -> int | None:
 
 
 def model_context_dim(model) -> int | None:
-    cfg = getattr(model.model.model_config, "unet_config", {}) or {}
-    cd = cfg.get("context_dim") or cfg.get("context_in_dim")
-    return int(cd) if cd else None
+    """The MODEL's text width (the family table's one reading of it), None when it has none."""
+    return families.text_width(model) or None
 
 
 def latent_zeros(model, batch: int, height: int, width: int) -> torch.Tensor:
@@ -156,19 +155,14 @@ def latent_zeros(model, batch: int, height: int, width: int) -> torch.Tensor:
     return torch.zeros(batch, channels, height // fam.latent_scale, width // fam.latent_scale)
 
 
-def is_flux_controlnet(control_net) -> bool:
-    """A Flux.1 ControlNet (XLabs, InstantX / Shakker-Labs union, Mistoline): ComfyUI loads all into ControlNetFlux."""
-    return type(getattr(control_net, "control_model", None)).__name__ == "ControlNetFlux"
-
-
 def check_controlnet(node: str, input_name: str, control_net, model) -> None:
     """Refuse a ControlNet made for another model family (e.g. an SDXL ControlNet on an SD1.5 MODEL) with a
     clear message, instead of a shape error deep inside sampling."""
     if control_net is None:
         return
-    cn_flux, fam = is_flux_controlnet(control_net), families.of_model(model)
-    if isinstance(getattr(control_net, "control_model", None), torch.nn.Module) and cn_flux != (fam.name == "Flux.1"):
-        raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for {'Flux.1' if cn_flux else 'SD/SDXL'} but the "
+    cm, fam = getattr(control_net, "control_model", None), families.of_model(model)
+    if isinstance(cm, torch.nn.Module) and not families.control_fits(cm, fam):
+        raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for {families.describe_control(cm)} but the "
                                       f"MODEL is {fam.name}.",
                                 "load a ControlNet made for the model's family.")
     cn_dim, m_dim = _context_dim_of_controlnet(control_net), model_context_dim(model)

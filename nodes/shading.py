@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from . import comfy_compat
+from . import comfy_compat, families
 from .common import CATEGORY, MegaPortraitError, check_choice, check_image, check_number
-from .sampling import apply_controlnet, check_controlnet, decode, encode, is_flux_controlnet, latent_zeros, sampling_inputs
+from .sampling import apply_controlnet, check_controlnet, decode, encode, latent_zeros, sampling_inputs
 
 
 def _net_inputs(prefix: str, what: str, strength: float, start: float, end: float) -> dict:
@@ -129,27 +129,23 @@ class ShadingSampler:
 
 
 # ------------------------------------------------------------------------------------------ union ControlNets
-# Mode numbers of the union ControlNets people use, per kind (from their model cards). ComfyUI's own
-# SetUnionControlNetType numbers modes the SDXL (xinsir) way, which picks the wrong mode on the Flux ones.
-UNION_MODES = {
-    "Flux.1 union (InstantX / Shakker-Labs Union Pro)": {
-        "canny": 0, "tile": 1, "depth": 2, "blur": 3, "pose": 4, "gray": 5, "low quality": 6},
-    "SDXL union (xinsir ProMax)": {
-        "pose": 0, "depth": 1, "softedge": 2, "canny": 3, "lineart": 3, "normal": 4, "segment": 5, "tile": 6,
-        "repaint": 7},
-}
+# Mode numbers of the union ControlNets people use, per kind (the family table's, from their model cards). ComfyUI's
+# own SetUnionControlNetType numbers modes the SDXL (xinsir) way, which picks the wrong mode on the Flux ones.
+UNION_MODES = families.union_kinds()
 MODE_NAMES = ("blur", "tile", "canny", "lineart", "softedge", "depth", "pose", "gray", "low quality", "normal",
               "segment", "repaint")
 
 
 def union_kind(control_net) -> tuple[str, int] | None:
-    """(kind, number of modes) of a union ControlNet, None for a single-purpose one."""
+    """(kind, number of modes) of a union ControlNet, None for a single-purpose one: a ControlNet of a family with
+    its own control classes (Flux.1) counts its modes (``num_union_modes``), an SD UNet one its task embeddings."""
     cm = getattr(control_net, "control_model", None)
-    if is_flux_controlnet(control_net) and int(getattr(cm, "num_union_modes", 0) or 0) > 0:
-        return "Flux.1 union (InstantX / Shakker-Labs Union Pro)", int(cm.num_union_modes)
+    fam = families.of_control(cm)
+    if fam is not None and fam.union_kind and int(getattr(cm, "num_union_modes", 0) or 0) > 0:
+        return fam.union_kind, int(cm.num_union_modes)
     te = getattr(cm, "task_embedding", None)
-    if isinstance(te, torch.Tensor):
-        return "SDXL union (xinsir ProMax)", int(te.shape[0])
+    if fam is None and isinstance(te, torch.Tensor):
+        return next(f.union_kind for f in families.FAMILIES if f.union_kind and not f.control_classes), int(te.shape[0])
     return None
 
 
