@@ -113,10 +113,11 @@ def test_text_encoder_is_a_tiny_qwen3(comfy, zimage):
 def test_registration_is_idempotent_and_only_takes_the_tiny_files(comfy, zimage):
     import comfy.ldm.lumina.controlnet as zcn
     import comfy.sd as sd_mod
+    import comfy.text_encoders.z_image as z_te
     import comfy.utils as utils
     assert tm.register_zimage() is True and tm.register_zimage() is True
     tm.register()
-    for wrapped in (sd_mod.detect_te_model, sd_mod.load_text_encoder_state_dicts, utils.load_torch_file):
+    for wrapped in (sd_mod.detect_te_model, z_te.te, utils.load_torch_file):
         assert wrapped._megaportrait_tiny_zimage and not getattr(wrapped.__wrapped__, "_megaportrait_tiny_zimage", False)
     assert zcn.ZImage_Control._megaportrait_tiny and not getattr(zcn.ZImage_Control.__mro__[1], "_megaportrait_tiny", 0)
     te = read(comfy, zimage["te_name"])

@@ -646,6 +646,7 @@ TINY_QWEN3_CONFIG = {"hidden_size": ZIMAGE_TE_WIDTH, "intermediate_size": 64, "n
 
 _registered_zimage = None
 _tiny_control_next = [False]      # set by the load_torch_file wrapper when it read a tiny Fun ControlNet
+_tiny_te_next = [False]           # set by the detect_te_model wrapper when it saw the tiny Qwen3
 
 
 def has_zimage() -> bool:
@@ -677,10 +678,10 @@ def register_zimage():
 
     * TinyZImage, a subclass of supported_models.ZImage matched by the tiny width (ComfyUI's detection says Z-Image
       only for width 3840), first in the supported models: UNETLoader builds the stock Lumina2 BaseModel with it;
-    * comfy.sd.detect_te_model says QWEN3_4B for the tiny Qwen3 (told by its width), and
-      comfy.sd.load_text_encoder_state_dicts gives that load the tiny config (the ``qwen3_4b_model_config`` model
-      option that SDClipModel applies over its config): CLIPLoader type lumina2 then builds the stock Z-Image text
-      encoder at the tiny size;
+    * comfy.sd.detect_te_model says QWEN3_4B for the tiny Qwen3 (told by its width) and marks the load, and the
+      class that comfy.text_encoders.z_image.te returns for a marked load builds the stock Z-Image text encoder with
+      the tiny config (the ``qwen3_4b_model_config`` model option that SDClipModel applies over its config):
+      CLIPLoader type lumina2 then loads it at the tiny size;
     * comfy.utils.load_torch_file marks a tiny Fun ControlNet when it reads one, and
       comfy.ldm.lumina.controlnet.ZImage_Control (which ModelPatchLoader builds at width 3840) becomes a subclass
       that takes the tiny width when so marked.
@@ -693,11 +694,11 @@ def register_zimage():
         _registered_zimage = False
         return None
     import functools
-    import inspect
 
     import comfy.ldm.lumina.controlnet as zcn
     import comfy.sd
     import comfy.supported_models as sm
+    import comfy.text_encoders.z_image as z_te
     import comfy.utils
 
     if not any(getattr(m, "_megaportrait_tiny", False) for m in sm.models):
@@ -711,27 +712,28 @@ def register_zimage():
     if not getattr(detect, "_megaportrait_tiny_zimage", False):
         @functools.wraps(detect)
         def detect_te_model(sd):
-            return comfy.sd.TEModel.QWEN3_4B if _is_tiny_qwen3(sd) else detect(sd)
+            _tiny_te_next[0] = _is_tiny_qwen3(sd)
+            return comfy.sd.TEModel.QWEN3_4B if _tiny_te_next[0] else detect(sd)
         detect_te_model._megaportrait_tiny_zimage = True
         comfy.sd.detect_te_model = detect_te_model
 
-    load = comfy.sd.load_text_encoder_state_dicts
-    if not getattr(load, "_megaportrait_tiny_zimage", False):
-        sig = inspect.signature(load)
+    factory = z_te.te
+    if not getattr(factory, "_megaportrait_tiny_zimage", False):
+        @functools.wraps(factory)
+        def te(*args, **kwargs):
+            base, tiny = factory(*args, **kwargs), _tiny_te_next[0]
+            _tiny_te_next[0] = False
 
-        @functools.wraps(load)
-        def load_text_encoder_state_dicts(*args, **kwargs):
-            bound = sig.bind(*args, **kwargs)
-            bound.apply_defaults()
-            a = bound.arguments
-            sds = a.get("state_dicts") or []
-            if len(sds) == 1 and _is_tiny_qwen3(sds[0]):
-                opts = dict(a.get("model_options") or {})
-                opts["qwen3_4b_model_config"] = {**(opts.get("qwen3_4b_model_config") or {}), **TINY_QWEN3_CONFIG}
-                a["model_options"] = opts
-            return load(*bound.args, **bound.kwargs)
-        load_text_encoder_state_dicts._megaportrait_tiny_zimage = True
-        comfy.sd.load_text_encoder_state_dicts = load_text_encoder_state_dicts
+            class ZImageTEModel_(base):
+                def __init__(self, device="cpu", dtype=None, model_options={}):
+                    if tiny:
+                        model_options = dict(model_options)
+                        model_options["qwen3_4b_model_config"] = {**(model_options.get("qwen3_4b_model_config") or {}),
+                                                                  **TINY_QWEN3_CONFIG}
+                    super().__init__(device=device, dtype=dtype, model_options=model_options)
+            return ZImageTEModel_
+        te._megaportrait_tiny_zimage = True
+        z_te.te = te
 
     read = comfy.utils.load_torch_file
     if not getattr(read, "_megaportrait_tiny_zimage", False):
