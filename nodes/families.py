@@ -80,6 +80,7 @@ class Family:
     config_classes: tuple = ()     # model-config (comfy.supported_models) class names required besides the BaseModel
     control: str = CONTROL_NET     # how its ControlNets reach sampling: CONTROL_NET (conditioning) | MODEL_PATCH
     control_classes: tuple = ()    # class names of its control models (() = SD UNet ControlNets, told by width)
+    control_node: str = ""         # MODEL_PATCH families: the stock node that patches a MODEL with one of them
     lora_keys: str = ""            # regex matching a key only this family's LoRAs have ("" = SD UNet keys, by width)
     union_kind: str = ""           # its union ControlNets: what they are called ...
     union_modes: dict = field(default_factory=dict)     # ... and their mode numbers (from the model cards)
@@ -111,8 +112,9 @@ FAMILIES = (
     Family("Z-Image", "zimage", "z-image/lora", ("Lumina2",), 16, 8, 2560,
            (("qwen3_4b", "lora_te"),), "lora_unet", _ZIMAGE_TARGETS, te_lora_targets=_QWEN_TE_TARGETS,
            default_resolution=1024, target="flow", train_conds=("attention_mask",), te_trainable=(),
+           trainable=False,       # the training facts are here; the trainer sets this once it is wired and tested
            checkpoint_blocks=("JointTransformerBlock",), exact_class=True, config_classes=("ZImage",),
-           control=MODEL_PATCH, control_classes=("ZImage_Control",),
+           control=MODEL_PATCH, control_classes=("ZImage_Control",), control_node="ZImageFunControlnet",
            lora_keys=r"^(lora_unet_|diffusion_model\.|transformer\.)?(layers|noise_refiner|context_refiner)[._]\d+[._]"
                      r"(attention|feed_forward)[._]",
            sampling=Sampling(8, 1.0, "res_multistep", "simple")),
@@ -212,6 +214,12 @@ def control_fits(control_model, fam: Family) -> bool:
 def describe_control(control_model) -> str:
     made_for = of_control(control_model)
     return made_for.name if made_for is not None else "SD/SDXL"
+
+
+def patch_families() -> tuple:
+    """The families whose controls are model patches (MODEL_PATCH: loaded by ModelPatchLoader, applied to the MODEL
+    by a stock node), e.g. Z-Image's Fun ControlNets."""
+    return tuple(fam for fam in FAMILIES if fam.control == MODEL_PATCH)
 
 
 def union_kinds() -> dict:

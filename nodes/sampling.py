@@ -133,6 +133,74 @@ def apply_controlnet(positive, negative, control_net, image: torch.Tensor, stren
     return comfy_compat.apply_controlnet_advanced(positive, negative, control_net, image, strength, start, end, vae)
 
 
+class ScheduleWindow:
+    """A model patch (ComfyUI's ``transformer_options["patches"]`` protocol: called with the block's tensors, ``to``,
+    ``models``) that runs the wrapped patch only while the current sigma is within [sigma_end, sigma_start], the way
+    ComfyUI's ControlNets honour start_percent / end_percent; elsewhere the block's tensors pass unchanged."""
+
+    def __init__(self, patch, sigma_start: float, sigma_end: float):
+        self.patch, self.sigma_start, self.sigma_end = patch, float(sigma_start), float(sigma_end)
+
+    def __call__(self, kwargs):
+        sigmas = kwargs.get("transformer_options", {}).get("sigmas")
+        if sigmas is not None and not (self.sigma_end <= float(sigmas.reshape(-1)[0]) <= self.sigma_start):
+            return {k: v for k, v in kwargs.items() if k not in ("img", "txt")}
+        return self.patch(kwargs)
+
+    def to(self, device_or_dtype):
+        if hasattr(self.patch, "to"):
+            self.patch = self.patch.to(device_or_dtype)
+        return self
+
+    def models(self):
+        return self.patch.models() if hasattr(self.patch, "models") else []
+
+
+def apply_model_patch(node: str, model, model_patch, vae, image: torch.Tensor, strength: float, start: float,
+                      end: float):
+    """A clone of ``model`` patched with a MODEL_PATCH control (e.g. a Z-Image Fun ControlNet) by the family's stock
+    node (ZImageFunControlnet), limited to [start, end] of the schedule (ScheduleWindow); strength 0 returns the
+    MODEL untouched, as ControlNetApplyAdvanced returns the conditioning."""
+    if model_patch is None or strength == 0:
+        return model
+    import nodes as comfy_nodes
+    fam = families.of_model(model)
+    cls = comfy_nodes.NODE_CLASS_MAPPINGS.get(fam.control_node) if fam.control_node else None
+    if cls is None:
+        raise MegaPortraitError(node, f"this ComfyUI has no node to apply {fam.name} model-patch controls "
+                                      f"({fam.control_node or 'none known'}).", "update ComfyUI (0.33 or newer).")
+    patched = getattr(cls(), cls.FUNCTION)(model=model, model_patch=model_patch, vae=vae, image=image,
+                                          strength=strength)[0]
+    if start <= 0 and end >= 1:
+        return patched
+    ms = comfy_compat.model_object(model, "model_sampling")
+    hi, lo = float(ms.percent_to_sigma(start)), float(ms.percent_to_sigma(end))
+    to = patched.model_options["transformer_options"]      # the clone's own options (set_model_patch made new lists)
+    before = model.model_options.get("transformer_options", {}).get("patches", {})
+    to["patches"] = {name: [p if any(p is q for q in before.get(name, ())) else ScheduleWindow(p, hi, lo) for p in ps]
+                     for name, ps in to.get("patches", {}).items()}
+    return patched
+
+
+def check_model_patch(node: str, input_name: str, model_patch, model) -> None:
+    """Refuse a MODEL_PATCH control made for another family (or a MODEL whose family takes CONTROL_NETs)."""
+    if model_patch is None:
+        return
+    fam, net = families.of_model(model), getattr(model_patch, "model", None)
+    if fam.control != families.MODEL_PATCH:
+        raise MegaPortraitError(node, f"the MODEL is {fam.name}, whose ControlNets are CONTROL_NETs, not model patches.",
+                                "use the Shading ControlNet Sampler with ControlNetLoader for this family.")
+    if not isinstance(net, torch.nn.Module):
+        what = "a ControlNet (CONTROL_NET)" if hasattr(model_patch, "control_model") else "not a model patch"
+        raise MegaPortraitError(node, f"'{input_name}' is {what}, not a {fam.name} model patch.",
+                                f"load a {fam.name} ControlNet with ModelPatchLoader.")
+    if not families.control_fits(net, fam):
+        made_for = families.of_control(net)
+        raise MegaPortraitError(node, f"'{input_name}' is a model patch for "
+                                      f"{made_for.name if made_for else 'another family'}, not a {fam.name} control.",
+                                f"load a {fam.name} ControlNet with ModelPatchLoader.")
+
+
 def _context_dim_of_controlnet(control_net) -> int | None:
     cm = getattr(control_net, "control_model", None)
     if not isinstance(cm, torch.nn.Module):

@@ -94,7 +94,7 @@ def test_the_trainer_refuses_a_family_derived_from_flux(fams):
 def test_z_image_is_told_from_lumina2_by_its_model_config(fams):
     """Z-Image and Lumina 2 share the BaseModel Lumina2; only the model config (supported_models.ZImage) differs."""
     zi = fams.by_model_classes({"Lumina2", "BaseModel"}, 2560, "Lumina2", {"ZImage", "Lumina2", "BASE"})
-    assert zi.name == "Z-Image" and zi.control == fams.MODEL_PATCH and zi.target == "flow"
+    assert zi.name == "Z-Image" and zi.control == fams.MODEL_PATCH and zi.target == "flow" and zi.context_dim == 2560
     assert zi.sampling == fams.Sampling(8, 1.0, "res_multistep", "simple")     # ComfyUI's Z-Image-Turbo blueprint
     lumina = fams.by_model_classes({"Lumina2", "BaseModel"}, 2304, "Lumina2", {"Lumina2", "BASE"})
     assert lumina.name == "another family (Lumina2)" and not lumina.trainable

@@ -140,3 +140,69 @@ def test_a_controlnet_of_another_family_is_refused_on_zimage(P, zimage, comfy, f
         with torch.inference_mode():
             P.ids.DualStrengthIdentitySampler().sample(zimage["model"], pos, neg, zimage["vae"], face, 1, 2, 1.0,
                                                        "euler", "simple", 0.35, 0.7, control_net=sd_net)
+
+
+# ------------------------------------------------------------------------------------------- shading
+def test_zimage_shading_with_fun_controlnets(P, zimage, comfy, face, conds):
+    """The Shading Net on Z-Image: the light map through the tile Fun ControlNet, the HF map through the union one
+    (MODEL_PATCH controls, applied by the stock ZImageFunControlnet). Strength 0 on both == plain sampling; each map
+    changes the result; swapping the maps changes it differently; a schedule window outside the run == plain."""
+    m, v = zimage["model"], zimage["vae"]
+    pos, neg = conds
+    node = P.shd.ShadingSamplerModelPatch()
+    light, hf = (face * 0.8).clamp(0, 1), torch.full_like(face, 0.5) + 0.2 * (face - face.mean())
+
+    def run(lmap, hmap, s1, s2, window=(0.0, 1.0, 0.0, 0.7), seed=4, **kw):
+        with torch.inference_mode():
+            return node.sample(m, pos, neg, v, lmap, hmap, zimage["tile"], zimage["union"], s1, window[0], window[1],
+                               s2, window[2], window[3], seed, 4, 1.0, "euler", "simple", 0.6, init_image=face,
+                               **kw)[0]["samples"]
+    with torch.inference_mode():
+        lat = {"samples": v.encode(face)}
+    plain = ksampler(comfy, m, pos, neg, lat, 4, 4, 0.6)
+    assert torch.equal(run(light, hf, 0.0, 0.0), plain)                       # strength 0 == plain sampling
+    only_light, only_hf, both = run(light, hf, 0.8, 0.0), run(light, hf, 0.0, 0.8), run(light, hf, 0.8, 0.8)
+    swapped = run(hf, light, 0.8, 0.8)
+    for x in (only_light, only_hf, both, swapped):
+        assert torch.isfinite(x).all() and not torch.equal(x, plain)
+    assert not torch.equal(only_light, only_hf) and not torch.equal(both, only_light) and not torch.equal(both, swapped)
+    # the same as the stock nodes wired by hand: ZImageFunControlnet twice, then KSampler
+    by_hand = fun_patch(comfy, zimage, light, 0.8)
+    cls = comfy.nodes.NODE_CLASS_MAPPINGS["ZImageFunControlnet"]
+    with torch.inference_mode():
+        by_hand = getattr(cls(), cls.FUNCTION)(model=by_hand, model_patch=zimage["union"], vae=v, image=hf,
+                                               strength=0.8)[0]
+    assert torch.equal(run(light, hf, 0.8, 0.8, window=(0.0, 1.0, 0.0, 1.0)), ksampler(comfy, by_hand, pos, neg, lat,
+                                                                                          4, 4, 0.6))
+    # schedule windows: a window no step falls in is plain sampling; a partial one differs from the full one
+    assert torch.equal(run(light, hf, 0.8, 0.8, window=(1.0, 1.0, 1.0, 1.0)), plain)
+    assert not torch.equal(run(light, hf, 0.8, 0.8, window=(0.5, 1.0, 0.5, 1.0)),
+                           run(light, hf, 0.8, 0.8, window=(0.0, 1.0, 0.0, 1.0)))
+    # from noise (no init image): the family's empty latent
+    with torch.inference_mode():
+        out = node.sample(m, pos, neg, v, light, hf, zimage["tile"], zimage["union"], 0.5, 0, 1, 0.5, 0, 1, 4, 3, 1.0,
+                          "euler", "simple", 0.6)
+    assert out[0]["samples"].shape == (1, 16, 8, 8) and out[1].shape == (1, 64, 64, 3)
+    assert not m.model_options.get("transformer_options", {}).get("patches")     # the loaded MODEL is not patched
+
+
+def test_zimage_shading_refuses_controls_of_other_families(P, zimage, comfy, face, conds):
+    pos, neg = conds
+    node = P.shd.ShadingSamplerModelPatch()
+    with torch.inference_mode():
+        sd_m, sd_c, sd_v = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
+        sd_pos = comfy.nodes.CLIPTextEncode().encode(sd_c, "x")[0]
+        sd_net = comfy.nodes.ControlNetLoader().load_controlnet("tiny_controlnet.safetensors")[0]
+    with pytest.raises(P.Error, match="the MODEL is SD1.x, whose ControlNets are CONTROL_NETs"):
+        with torch.inference_mode():
+            node.sample(sd_m, sd_pos, sd_pos, sd_v, face, face, zimage["tile"], zimage["union"], 0.5, 0, 1, 0.5, 0, 1,
+                        1, 2, 5.0, "euler", "normal", 0.5, init_image=face)
+    with pytest.raises(P.Error, match="'hf_model_patch' is a ControlNet \\(CONTROL_NET\\), not a Z-Image model patch"):
+        with torch.inference_mode():
+            node.sample(zimage["model"], pos, neg, zimage["vae"], face, face, zimage["tile"], sd_net, 0.5, 0, 1, 0.5,
+                        0, 1, 1, 2, 1.0, "euler", "simple", 0.5, init_image=face)
+    # the CONTROL_NET sampler keeps refusing an SD ControlNet on Z-Image, naming the family
+    with pytest.raises(P.Error, match="'light_control_net' is a ControlNet for SD/SDXL but the MODEL is Z-Image"):
+        with torch.inference_mode():
+            P.shd.ShadingSampler().sample(zimage["model"], pos, neg, zimage["vae"], face, face, sd_net, sd_net, 0.5, 0,
+                                          1, 0.5, 0, 1, 1, 2, 1.0, "euler", "simple", 0.5, init_image=face)
