@@ -3,7 +3,9 @@
 Off-the-shelf ControlNets re-render the face: one conditioned on the light map (the reference's shading, e.g. a
 tile/blur ControlNet), one on the HF map (the source identity's detail, e.g. a lineart/softedge/tile ControlNet).
 The ControlNets are applied with the stock ControlNetApplyAdvanced logic and sampled with ComfyUI's KSampler
-machinery; strength 0 on both is plain sampling, exactly.
+machinery; strength 0 on both is plain sampling, exactly. Families whose ControlNets are model patches (the family
+table's MODEL_PATCH: Z-Image's Fun ControlNets) have their own node with MODEL_PATCH inputs, which patches the MODEL
+with the family's stock node (ZImageFunControlnet) instead; the CONTROL_NET node is the same for the others.
 """
 from __future__ import annotations
 
@@ -11,8 +13,16 @@ import torch
 
 from . import comfy_compat, families
 from .common import CATEGORY, MegaPortraitError, check_choice, check_image, check_number
-from .sampling import (apply_controlnet, apply_model_patch, check_controlnet, check_model_patch, decode, encode, latent_zeros,
-                       sampling_inputs)
+from .sampling import (
+    apply_controlnet,
+    apply_model_patch,
+    check_controlnet,
+    check_model_patch,
+    decode,
+    encode,
+    latent_zeros,
+    sampling_inputs,
+)
 
 
 def _net_inputs(prefix: str, what: str, strength: float, start: float, end: float) -> dict:

@@ -77,7 +77,7 @@ def test_lora_on_the_table_targets_loads_fully_in_the_stock_loraloader(P, comfy,
     """A kohya LoRA on the family's targets (lora_unet_<module name>, the trainer's format) is recognised as
     Z-Image by the table and applied by the stock LoraLoader to every targeted layer; strength 0 == base."""
     import tiny_models as tm
-    m, clip = zimage["model"], zimage["clip"]
+    m = zimage["model"]
     fam = P.fam.of_model(m)
     dm = m.model.diffusion_model
     layers = [(n, tuple(mod.weight.shape)) for n, mod in dm.named_modules() if isinstance(mod, torch.nn.Linear)
