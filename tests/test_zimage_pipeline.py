@@ -206,3 +206,26 @@ def test_zimage_shading_refuses_controls_of_other_families(P, zimage, comfy, fac
         with torch.inference_mode():
             P.shd.ShadingSampler().sample(zimage["model"], pos, neg, zimage["vae"], face, face, sd_net, sd_net, 0.5, 0,
                                           1, 0.5, 0, 1, 1, 2, 1.0, "euler", "simple", 0.5, init_image=face)
+
+
+# ------------------------------------------------------------------------------------------- harmonization
+@pytest.mark.parametrize("crop", [True, False])
+def test_zimage_harmonize_masked_img2img_keeps_outside_exact(P, zimage, comfy, conds, crop):
+    """Harmonize on Z-Image without an inpaint control (masked img2img with the MODEL): every pixel where the grown,
+    feathered mask is 0 is the input's; inside it changes. With a Fun ControlNet patch on the MODEL too."""
+    from comfyui_megaportrait.nodes import harmonize
+    pos, neg = conds
+    img = torch.rand(1, 120, 96, 3, generator=torch.Generator().manual_seed(1))   # not a multiple of 8
+    mask = torch.zeros(1, 120, 96)
+    mask[:, 40:80, 30:70] = 1.0
+    node = harmonize.Harmonize()
+    fm = harmonize.prepare_mask(mask[0], 4, 6)
+    patched = fun_patch(comfy, zimage, img[:, :64, :64].contiguous(), 0.5)
+    for m in (zimage["model"], patched):
+        with torch.inference_mode():
+            out, lat = node.harmonize(m, pos, neg, zimage["vae"], img, mask, 3, 4, 1.0, "euler", "simple", 0.5, 4, 6,
+                                      crop, 0.3, 64)
+        assert out.shape == img.shape and torch.isfinite(out).all()
+        assert torch.equal(out[0][fm == 0], img[0][fm == 0])
+        assert (out - img)[0][fm > 0.99].abs().mean() > 0.01
+        assert lat["samples"].shape[1] == 16
