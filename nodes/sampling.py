@@ -188,7 +188,9 @@ def check_model_patch(node: str, input_name: str, model_patch, model) -> None:
         return
     fam, net = families.of_model(model), getattr(model_patch, "model", None)
     if fam.control != families.MODEL_PATCH:
-        raise MegaPortraitError(node, f"the MODEL is {fam.name}, whose ControlNets are CONTROL_NETs, not model patches.",
+        why = ("whose ControlNets are CONTROL_NETs, not model patches" if fam.base_model_version else
+               f"a family without model-patch controls the pack knows ({', '.join(f.name for f in families.patch_families())})")
+        raise MegaPortraitError(node, f"the MODEL is {fam.name}, {why}.",
                                 "use the Shading ControlNet Sampler with ControlNetLoader for this family.")
     if not isinstance(net, torch.nn.Module):
         what = "a ControlNet (CONTROL_NET)" if hasattr(model_patch, "control_model") else "not a model patch"

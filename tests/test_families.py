@@ -196,3 +196,21 @@ def test_no_module_but_the_table_branches_on_a_family():
                 found += [f"{name}:{i}" for i, line in enumerate(f, 1) if rx.search(line)]
     assert not found
     assert dataclasses.is_dataclass(__import__("comfyui_megaportrait.nodes.families", fromlist=["x"]).Family)
+
+
+def test_model_patch_checks_name_the_family(pack):
+    """Shading with model-patch controls: a MODEL of a family the table does not know (Lumina 2 shares Z-Image's
+    BaseModel) is refused with a message saying which families take model patches."""
+    from comfyui_megaportrait.nodes import sampling
+    from comfyui_megaportrait.nodes.common import MegaPortraitError
+    lumina = _patcher("Lumina2", "Lumina2", {"image_model": "lumina2", "cap_feat_dim": 2304, "in_channels": 16})
+    patch = type("ModelPatcher", (), {"model": type("ZImage_Control", (__import__("torch").nn.Module,), {})()})()
+    with pytest.raises(MegaPortraitError, match=r"another family \(Lumina2\), a family without model-patch controls "
+                                                r"the pack knows \(Z-Image\)"):
+        sampling.check_model_patch("N", "light_model_patch", patch, lumina)
+    zi = _patcher("Lumina2", "ZImage", {"image_model": "lumina2", "cap_feat_dim": 2560, "in_channels": 16})
+    sampling.check_model_patch("N", "light_model_patch", patch, zi)           # fits: no error
+    other = type("ModelPatcher", (), {"model": type("QwenImageBlockWiseControlNet", (__import__("torch").nn.Module,),
+                                                    {})()})()
+    with pytest.raises(MegaPortraitError, match="a model patch for another family, not a Z-Image control"):
+        sampling.check_model_patch("N", "hf_model_patch", other, zi)
