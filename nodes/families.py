@@ -38,6 +38,16 @@ TEXT_WIDTH_KEYS = ("context_dim", "context_in_dim", "cap_feat_dim")   # SD UNets
 
 CONTROL_NET, MODEL_PATCH = "CONTROL_NET", "MODEL_PATCH"
 
+# blocks that add their residual to their input in place (``x += f(norm(x))``) in some ComfyUI versions, which breaks
+# backward through a norm that saved x: (ComfyUI module, class, its norm layers, the source text of the in-place add,
+# or None: in place in every version the pack supports). comfy_compat.residual_inplace_norms reads which of them do
+# so in the running ComfyUI.
+_SD_INPLACE = (("comfy.ldm.modules.attention", "BasicTransformerBlock", ("norm1", "norm2", "norm3"), "x += n"),)
+_FLUX_INPLACE = (("comfy.ldm.flux.layers", "DoubleStreamBlock", ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"),
+                  "img +="),
+                 ("comfy.ldm.flux.layers", "SingleStreamBlock", ("pre_norm",), "x +="))
+_CLIP_INPLACE = (("comfy.clip_model", "CLIPLayer", ("layer_norm1", "layer_norm2"), None),)   # CLIP text encoders
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -85,6 +95,7 @@ class Family:
     union_kind: str = ""           # its union ControlNets: what they are called ...
     union_modes: dict = field(default_factory=dict)     # ... and their mode numbers (from the model cards)
     sampling: Sampling = _SD_SAMPLING
+    inplace_blocks: tuple = _SD_INPLACE + _CLIP_INPLACE    # its blocks that may add residuals in place (see above)
 
 
 FAMILIES = (
@@ -101,6 +112,7 @@ FAMILIES = (
            (("clip_l", "lora_te1"), ("t5xxl", "lora_te2")), "lora_unet", _FLUX_TARGETS, default_resolution=1024,
            target="flow", guidance="embedded", train_guidance=1.0, te_trainable=("clip_l",),
            checkpoint_blocks=("DoubleStreamBlock", "SingleStreamBlock"), exact_class=True,
+           inplace_blocks=_FLUX_INPLACE + _CLIP_INPLACE,
            control_classes=("ControlNetFlux",), lora_keys=r"^lora_unet_(double|single)_blocks_",
            union_kind="Flux.1 union (InstantX / Shakker-Labs Union Pro)",
            union_modes={"canny": 0, "tile": 1, "depth": 2, "blur": 3, "pose": 4, "gray": 5, "low quality": 6},
@@ -113,6 +125,7 @@ FAMILIES = (
            (("qwen3_4b", "lora_te"),), "lora_unet", _ZIMAGE_TARGETS, te_lora_targets=_QWEN_TE_TARGETS,
            default_resolution=1024, target="flow", train_conds=("attention_mask",), te_trainable=(),
            trainable=False,       # the training facts are here; the trainer sets this once it is wired and tested
+           inplace_blocks=(),     # NextDiT's JointTransformerBlock and the Qwen3 layers add out of place (0.33)
            checkpoint_blocks=("JointTransformerBlock",), exact_class=True, config_classes=("ZImage",),
            control=MODEL_PATCH, control_classes=("ZImage_Control",), control_node="ZImageFunControlnet",
            lora_keys=r"^(lora_unet_|diffusion_model\.|transformer\.)?(layers|noise_refiner|context_refiner)[._]\d+[._]"
@@ -240,6 +253,14 @@ def of_lora_keys(keys) -> Family | None:
 
 
 # ------------------------------------------------------------------------------------------ training
+def inplace_residual_blocks() -> tuple:
+    """Every family's blocks that may add residuals in place (module, class, norms, marker), each once."""
+    out = []
+    for fam in FAMILIES:
+        out += [b for b in fam.inplace_blocks if b not in out]
+    return tuple(out)
+
+
 def training_conditions(fam: Family, extras: dict, batch: int) -> dict:
     """The keyword arguments a family's ``BaseModel.extra_conds`` needs while training, besides the text condition
     and pooled output: the guidance input of guidance-distilled models (Flux.1 dev) and the text encoder's extra

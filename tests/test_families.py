@@ -214,3 +214,18 @@ def test_model_patch_checks_name_the_family(pack):
                                                     {})()})()
     with pytest.raises(MegaPortraitError, match="a model patch for another family, not a Z-Image control"):
         sampling.check_model_patch("N", "hf_model_patch", other, zi)
+
+
+def test_inplace_residual_blocks_are_table_facts_read_against_the_running_comfyui(fams):
+    """The blocks that may add residuals in place are rows' facts; comfy_compat only reads which of them do so in the
+    running ComfyUI (by their source), leaving out classes it lacks."""
+    from comfyui_megaportrait.nodes import comfy_compat
+    names = [b[1] for b in fams.inplace_residual_blocks()]
+    assert len(names) == len(set(names)) and {"CLIPLayer", "BasicTransformerBlock", "DoubleStreamBlock"} <= set(names)
+    assert fams.by_name("Z-Image").inplace_blocks == ()
+    found = comfy_compat.residual_inplace_norms((
+        ("json.decoder", "JSONDecoder", ("a",), "def raw_decode"),        # the marker is in its source: in place
+        ("json.decoder", "JSONObject", ("b",), "x += never"),             # not there: out of place
+        ("no_such_module_here", "Block", ("c",), "x +="),                 # this ComfyUI lacks it: left out
+        ("anything", "Always", ("d", "e"), None)))                        # in place in every version
+    assert found == {"JSONDecoder": ("a",), "Always": ("d", "e")}
