@@ -224,6 +224,23 @@ def control_fits(control_model, fam: Family) -> bool:
     return made_for is fam if made_for is not None else not fam.control_classes
 
 
+# the layers of a ControlNet whose input is the text condition: SD UNet ControlNets cross-attend (attn2.to_k), Flux.1
+# ones embed the text (txt_in); their weights' input width is the text width of the model the ControlNet is for
+_CONTROL_TEXT_LAYERS = re.compile(r"(.*\.)?attn2\.to_k|txt_in")
+
+
+def control_text_width(control_model) -> int | None:
+    """The text width a loaded ControlNet (``control_model``) is made for, from its text-input layer; None when it
+    has none (e.g. Z-Image's Fun ControlNets read the model's own caption tokens)."""
+    if not hasattr(control_model, "named_modules"):
+        return None
+    for name, mod in control_model.named_modules():
+        w = getattr(mod, "weight", None)
+        if _CONTROL_TEXT_LAYERS.fullmatch(name) and w is not None and w.ndim == 2:
+            return int(w.shape[1])
+    return None
+
+
 def describe_control(control_model) -> str:
     made_for = of_control(control_model)
     return made_for.name if made_for is not None else "SD/SDXL"

@@ -205,12 +205,7 @@ def check_model_patch(node: str, input_name: str, model_patch, model) -> None:
 
 def _context_dim_of_controlnet(control_net) -> int | None:
     cm = getattr(control_net, "control_model", None)
-    if not isinstance(cm, torch.nn.Module):
-        return None
-    for name, mod in cm.named_modules():   # SD UNet ControlNets cross-attend (attn2), Flux ones read text (txt_in)
-        if (name.endswith("attn2.to_k") or name == "txt_in") and hasattr(mod, "weight"):
-            return int(mod.weight.shape[1])
-    return None
+    return families.control_text_width(cm) if isinstance(cm, torch.nn.Module) else None
 
 
 def model_context_dim(model) -> int | None:

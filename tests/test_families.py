@@ -229,3 +229,18 @@ def test_inplace_residual_blocks_are_table_facts_read_against_the_running_comfyu
         ("no_such_module_here", "Block", ("c",), "x +="),                 # this ComfyUI lacks it: left out
         ("anything", "Always", ("d", "e"), None)))                        # in place in every version
     assert found == {"JSONDecoder": ("a",), "Always": ("d", "e")}
+
+
+def test_control_text_width(fams):
+    """A ControlNet's text width comes from its text-input layer: SD UNet ControlNets' attn2.to_k, Flux's txt_in."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self, **layers):
+            super().__init__()
+            for k, v in layers.items():
+                self.add_module(k, v)
+    sd = Net(input_blocks=Net(attn2=Net(to_k=torch.nn.Linear(768, 320))))
+    assert fams.control_text_width(sd) == 768
+    assert fams.control_text_width(Net(txt_in=torch.nn.Linear(4096, 64))) == 4096
+    assert fams.control_text_width(Net(x_embedder=torch.nn.Linear(64, 8))) is None and fams.control_text_width(None) is None
