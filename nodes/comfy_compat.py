@@ -153,13 +153,13 @@ def latent_channels(model) -> int:
 def is_inpaint_model(model) -> bool:
     """True for inpainting models (input channels for a mask and a masked image besides the latent). The
     early-2024 host flags SD inpainting checkpoints with ``BaseModel.inpaint_model``, later ComfyUI lists
-    ``concat_keys`` instead (2024); FLUX.1 Fill (ComfyUI from Aug 2024) has neither: its ``img_in`` simply takes
-    more channels than the model puts out."""
+    ``concat_keys`` instead (2024); models that take the extra channels without either (FLUX.1 Fill, ComfyUI from
+    Aug 2024) have a diffusion model whose config takes more input channels than it puts out."""
     base = model.model
     if getattr(base, "inpaint_model", False) or getattr(base, "concat_keys", ()):
         return True
     cfg = getattr(base.model_config, "unet_config", {}) or {}
-    return cfg.get("image_model") == "flux" and int(cfg.get("in_channels") or 0) > int(cfg.get("out_channels") or 0)
+    return bool(cfg.get("out_channels")) and int(cfg.get("in_channels") or 0) > int(cfg["out_channels"])
 
 
 # ------------------------------------------------------------------------------------------- ControlNet
@@ -214,29 +214,31 @@ def training_mode():
         mm.in_training = before
 
 
-def residual_inplace_norms() -> dict[str, tuple[str, ...]]:
-    """{block class name: its norm layers} for blocks that add residuals in place (``x += f(norm(x))``), which
-    breaks backward through a norm that saved x. ComfyUI's CLIPLayer does so in every version up to 0.33; the
-    UNet's BasicTransformerBlock did until 2024 (the early-2024 host) and adds out of place since; Flux's double
-    and single stream blocks do in every version that has them (up to 0.33)."""
-    from comfy.ldm.modules.attention import BasicTransformerBlock
-    norms = {"CLIPLayer": ("layer_norm1", "layer_norm2")}
-    try:
-        src = inspect.getsource(BasicTransformerBlock)
-    except (OSError, TypeError):
-        src = "x += n"
-    if "x += n" in src:
-        norms["BasicTransformerBlock"] = ("norm1", "norm2", "norm3")
-    try:    # Flux.1 (ComfyUI from Aug 2024; none on the early-2024 host): its blocks add residuals in place up to 0.33
-        from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
-    except ImportError:
-        return norms
-    for cls, attrs, marker in ((DoubleStreamBlock, ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"), "img +="),
-                               (SingleStreamBlock, ("pre_norm",), "x +=")):
+def residual_inplace_norms(blocks=None) -> dict[str, tuple[str, ...]]:
+    """{block class name: its norm layers} for the candidate ``blocks`` (module, class, norms, the source text of an
+    in-place add or None for always; by default the family table's, families.inplace_residual_blocks) that add
+    residuals in place (``x += f(norm(x))``) in this ComfyUI, which breaks backward through a norm that saved x.
+    ComfyUI's CLIPLayer does so in every version up to 0.33; the UNet's BasicTransformerBlock did until 2024 (the
+    early-2024 host) and adds out of place since; Flux's double and single stream blocks do in every version that
+    has them (up to 0.33). A class this ComfyUI lacks (Flux's before Aug 2024) is left out; one whose source cannot
+    be read is taken to add in place."""
+    import importlib
+    if blocks is None:
+        from .families import inplace_residual_blocks
+        blocks = inplace_residual_blocks()
+    norms = {}
+    for module, name, attrs, marker in blocks:
+        if marker is None:
+            norms[name] = tuple(attrs)
+            continue
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
         try:
             src = inspect.getsource(cls)
         except (OSError, TypeError):
             src = marker
         if marker in src:
-            norms[cls.__name__] = attrs
+            norms[name] = tuple(attrs)
     return norms

@@ -165,18 +165,19 @@ def load_lora_file(node: str, path: str) -> tuple[dict, dict]:
 
 def lora_fit_problem(lora: dict, meta: dict, fam: families.Family, model_width: int, model_label: str) -> str | None:
     """Why a kohya LoRA does not fit a model of family ``fam`` (text width ``model_width``), or None: from the
-    metadata's base model version, else from its keys (Flux's double/single blocks, SD's cross-attention width)."""
+    metadata's base model version, else from its keys (the family table's key rules: Flux's double/single blocks,
+    Z-Image's layers; SD UNet LoRAs by their cross-attention width)."""
     trained_on = meta.get("ss_base_model_version", "")
     tf = families.by_base_model_version(trained_on)
     if tf is not None and tf.name != fam.name:
         return f"was trained on {trained_on} but this MODEL is {fam.base_model_version or fam.name} ({model_label})"
     if not fam.base_model_version:      # a family the table does not know: its keys tell nothing we can check
         return None
-    flux_keys = any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in lora)
-    lora_dim = lora_context_dim(lora)
-    if flux_keys != (fam.name == "Flux.1") and (flux_keys or lora_dim):
-        return (f"is a LoRA for {'Flux.1' if flux_keys else 'an SD-family UNet'} (from its keys) but this MODEL is "
-                f"{fam.name} ({model_label})")
+    key_fam, lora_dim = families.of_lora_keys(lora), lora_context_dim(lora)
+    if key_fam is not None and key_fam is not fam:
+        return f"is a LoRA for {key_fam.name} (from its keys) but this MODEL is {fam.name} ({model_label})"
+    if key_fam is None and lora_dim and fam.lora_keys:
+        return f"is a LoRA for an SD-family UNet (from its keys) but this MODEL is {fam.name} ({model_label})"
     if lora_dim and model_width and lora_dim != model_width:
         return (f"is a LoRA for {families.describe_context_dim(lora_dim)} (text context {lora_dim}) but this MODEL is "
                 f"{model_label} (context {model_width})")

@@ -133,20 +133,84 @@ def apply_controlnet(positive, negative, control_net, image: torch.Tensor, stren
     return comfy_compat.apply_controlnet_advanced(positive, negative, control_net, image, strength, start, end, vae)
 
 
+class ScheduleWindow:
+    """A model patch (ComfyUI's ``transformer_options["patches"]`` protocol: called with the block's tensors, ``to``,
+    ``models``) that runs the wrapped patch only while the current sigma is within [sigma_end, sigma_start], the way
+    ComfyUI's ControlNets honour start_percent / end_percent; elsewhere the block's tensors pass unchanged."""
+
+    def __init__(self, patch, sigma_start: float, sigma_end: float):
+        self.patch, self.sigma_start, self.sigma_end = patch, float(sigma_start), float(sigma_end)
+
+    def __call__(self, kwargs):
+        sigmas = kwargs.get("transformer_options", {}).get("sigmas")
+        if sigmas is not None and not (self.sigma_end <= float(sigmas.reshape(-1)[0]) <= self.sigma_start):
+            return {k: v for k, v in kwargs.items() if k not in ("img", "txt")}
+        return self.patch(kwargs)
+
+    def to(self, device_or_dtype):
+        if hasattr(self.patch, "to"):
+            self.patch = self.patch.to(device_or_dtype)
+        return self
+
+    def models(self):
+        return self.patch.models() if hasattr(self.patch, "models") else []
+
+
+def apply_model_patch(node: str, model, model_patch, vae, image: torch.Tensor, strength: float, start: float,
+                      end: float):
+    """A clone of ``model`` patched with a MODEL_PATCH control (e.g. a Z-Image Fun ControlNet) by the family's stock
+    node (ZImageFunControlnet), limited to [start, end] of the schedule (ScheduleWindow); strength 0 returns the
+    MODEL untouched, as ControlNetApplyAdvanced returns the conditioning."""
+    if model_patch is None or strength == 0:
+        return model
+    import nodes as comfy_nodes
+    fam = families.of_model(model)
+    cls = comfy_nodes.NODE_CLASS_MAPPINGS.get(fam.control_node) if fam.control_node else None
+    if cls is None:
+        raise MegaPortraitError(node, f"this ComfyUI has no node to apply {fam.name} model-patch controls "
+                                      f"({fam.control_node or 'none known'}).", "update ComfyUI (0.33 or newer).")
+    patched = getattr(cls(), cls.FUNCTION)(model=model, model_patch=model_patch, vae=vae, image=image,
+                                          strength=strength)[0]
+    if start <= 0 and end >= 1:
+        return patched
+    ms = comfy_compat.model_object(model, "model_sampling")
+    hi, lo = float(ms.percent_to_sigma(start)), float(ms.percent_to_sigma(end))
+    to = patched.model_options["transformer_options"]      # the clone's own options (set_model_patch made new lists)
+    before = model.model_options.get("transformer_options", {}).get("patches", {})
+    to["patches"] = {name: [p if any(p is q for q in before.get(name, ())) else ScheduleWindow(p, hi, lo) for p in ps]
+                     for name, ps in to.get("patches", {}).items()}
+    return patched
+
+
+def check_model_patch(node: str, input_name: str, model_patch, model) -> None:
+    """Refuse a MODEL_PATCH control made for another family (or a MODEL whose family takes CONTROL_NETs)."""
+    if model_patch is None:
+        return
+    fam, net = families.of_model(model), getattr(model_patch, "model", None)
+    if fam.control != families.MODEL_PATCH:
+        why = ("whose ControlNets are CONTROL_NETs, not model patches" if fam.base_model_version else
+               f"a family without model-patch controls the pack knows ({', '.join(f.name for f in families.patch_families())})")
+        raise MegaPortraitError(node, f"the MODEL is {fam.name}, {why}.",
+                                "use the Shading ControlNet Sampler with ControlNetLoader for this family.")
+    if not isinstance(net, torch.nn.Module):
+        what = "a ControlNet (CONTROL_NET)" if hasattr(model_patch, "control_model") else "not a model patch"
+        raise MegaPortraitError(node, f"'{input_name}' is {what}, not a {fam.name} model patch.",
+                                f"load a {fam.name} ControlNet with ModelPatchLoader.")
+    if not families.control_fits(net, fam):
+        made_for = families.of_control(net)
+        raise MegaPortraitError(node, f"'{input_name}' is a model patch for "
+                                      f"{made_for.name if made_for else 'another family'}, not a {fam.name} control.",
+                                f"load a {fam.name} ControlNet with ModelPatchLoader.")
+
+
 def _context_dim_of_controlnet(control_net) -> int | None:
     cm = getattr(control_net, "control_model", None)
-    if not isinstance(cm, torch.nn.Module):
-        return None
-    for name, mod in cm.named_modules():   # SD UNet ControlNets cross-attend (attn2), Flux ones read text (txt_in)
-        if (name.endswith("attn2.to_k") or name == "txt_in") and hasattr(mod, "weight"):
-            return int(mod.weight.shape[1])
-    return None
+    return families.control_text_width(cm) if isinstance(cm, torch.nn.Module) else None
 
 
 def model_context_dim(model) -> int | None:
-    cfg = getattr(model.model.model_config, "unet_config", {}) or {}
-    cd = cfg.get("context_dim") or cfg.get("context_in_dim")
-    return int(cd) if cd else None
+    """The MODEL's text width (the family table's one reading of it), None when it has none."""
+    return families.text_width(model) or None
 
 
 def latent_zeros(model, batch: int, height: int, width: int) -> torch.Tensor:
@@ -156,19 +220,14 @@ def latent_zeros(model, batch: int, height: int, width: int) -> torch.Tensor:
     return torch.zeros(batch, channels, height // fam.latent_scale, width // fam.latent_scale)
 
 
-def is_flux_controlnet(control_net) -> bool:
-    """A Flux.1 ControlNet (XLabs, InstantX / Shakker-Labs union, Mistoline): ComfyUI loads all into ControlNetFlux."""
-    return type(getattr(control_net, "control_model", None)).__name__ == "ControlNetFlux"
-
-
 def check_controlnet(node: str, input_name: str, control_net, model) -> None:
     """Refuse a ControlNet made for another model family (e.g. an SDXL ControlNet on an SD1.5 MODEL) with a
     clear message, instead of a shape error deep inside sampling."""
     if control_net is None:
         return
-    cn_flux, fam = is_flux_controlnet(control_net), families.of_model(model)
-    if isinstance(getattr(control_net, "control_model", None), torch.nn.Module) and cn_flux != (fam.name == "Flux.1"):
-        raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for {'Flux.1' if cn_flux else 'SD/SDXL'} but the "
+    cm, fam = getattr(control_net, "control_model", None), families.of_model(model)
+    if isinstance(cm, torch.nn.Module) and not families.control_fits(cm, fam):
+        raise MegaPortraitError(node, f"'{input_name}' is a ControlNet for {families.describe_control(cm)} but the "
                                       f"MODEL is {fam.name}.",
                                 "load a ControlNet made for the model's family.")
     cn_dim, m_dim = _context_dim_of_controlnet(control_net), model_context_dim(model)

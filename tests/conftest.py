@@ -80,7 +80,8 @@ def _custom_nodes_dir(base: str) -> str:
 
 
 MODEL_KINDS = ("checkpoints", "controlnet", "loras", "vae", "insightface",
-               "diffusion_models", "text_encoders")   # the last two: the Flux.1 files (ComfyUI >= 0.3 folder names)
+               "diffusion_models", "text_encoders",   # the Flux.1 and Z-Image files (ComfyUI >= 0.3 folder names)
+               "model_patches")                       # the Z-Image Fun ControlNets (ModelPatchLoader)
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +145,35 @@ def flux(comfy):
         out["union"] = n.ControlNetLoader().load_controlnet(out["union_name"])[0]
     yield out
     out.clear()     # free the patchers before interpreter exit (see pytest_unconfigure)
+
+
+@pytest.fixture(scope="session")
+def zimage(comfy):
+    """The tiny Z-Image-shaped models loaded in-process through ComfyUI's stock loaders: "model" (UNETLoader),
+    "clip" (CLIPLoader, type lumina2), "vae" (VAELoader), "union" and "tile" (ModelPatchLoader: Fun ControlNets),
+    plus their file names ("unet_name", "te_name", "vae_name", "union_name", "tile_name"). Skips on a ComfyUI
+    without Z-Image."""
+    import tiny_models
+    if not tiny_models.has_zimage():
+        pytest.skip("this ComfyUI (early 2024) has no Z-Image support (NextDiT, Qwen3 text encoder, model patches)")
+    tiny_models.register()
+    if "model_patches" not in comfy.folder_paths.folder_names_and_paths:
+        pytest.skip("this ComfyUI has no model_patches folder (ModelPatchLoader)")
+    if not os.path.exists(os.path.join(comfy.models_dir, "diffusion_models", tiny_models.ZIMAGE_UNET_NAME)):
+        tiny_models.write_zimage(comfy.models_dir)
+    n = comfy.nodes
+    out = {"unet_name": tiny_models.ZIMAGE_UNET_NAME, "te_name": tiny_models.ZIMAGE_TE_NAME,
+           "vae_name": tiny_models.ZIMAGE_VAE_NAME, "union_name": tiny_models.ZIMAGE_UNION_NAME,
+           "tile_name": tiny_models.ZIMAGE_TILE_NAME}
+    patch_loader = n.NODE_CLASS_MAPPINGS["ModelPatchLoader"]()
+    with torch.inference_mode():       # as ComfyUI's executor runs nodes
+        out["model"] = n.UNETLoader().load_unet(out["unet_name"], "default")[0]
+        out["clip"] = n.CLIPLoader().load_clip(out["te_name"], "lumina2")[0]
+        out["vae"] = n.VAELoader().load_vae(out["vae_name"])[0]
+        out["union"] = patch_loader.load_model_patch(out["union_name"])[0]
+        out["tile"] = patch_loader.load_model_patch(out["tile_name"])[0]
+    yield out
+    out.clear()
 
 
 def pack_node_names() -> list[str]:

@@ -158,6 +158,17 @@ def g_shading(hf_image=None, extra_nodes=None, **kw):
     return g
 
 
+def g_shading_patch(patch_node=None, **kw):
+    """Shading Fun ControlNet Sampler (model-patch controls) on the tiny SD1.5 model; ``patch_node`` feeds both
+    MODEL_PATCH inputs (default: the ControlNetLoader's CONTROL_NET, a type ComfyUI refuses on every host)."""
+    g = g_shading()
+    g["7"] = patch_node or g["6"]
+    inputs = {k: v for k, v in g["2"]["inputs"].items() if k not in ("light_control_net", "hf_control_net")}
+    inputs.update(light_model_patch=["7", 0], hf_model_patch=["7", 0], **kw)
+    g["2"] = {"class_type": "MegaPortraitShadingSamplerModelPatch", "inputs": inputs}
+    return g
+
+
 def g_harmonize(mask=None, image=None, **kw):
     g = model_nodes({})
     g["1"] = image or empty(64, 64, color=0x808080)
@@ -374,6 +385,11 @@ CASES = [
     Case("union_mode_unknown", g_shading(light_control_net=["7", 0], extra_nodes={
         "7": {"class_type": "MegaPortraitUnionControlNetMode", "inputs": {"control_net": ["6", 0], "mode": "sharpen"}}}),
         INVALID, "7", ("mode",)),
+    # --- shading with model-patch controls (Z-Image Fun ControlNets; ModelPatchLoader is ComfyUI 0.33's)
+    Case("shading_patch_given_a_controlnet", g_shading_patch(), INVALID, "2", ("mismatch",)),
+    *([Case("shading_patch_on_an_sd_model", g_shading_patch({"class_type": "ModelPatchLoader", "inputs": {
+        "name": "tiny_zimage_fun_tile.safetensors"}}), OURS, "Shading Sampler (model patches)",
+        ("sd1.x", "control_net", "shading controlnet sampler"))] if NEW_HOST else []),
     # --- harmonize (nodes/harmonize.py)
     Case("harmonize_inpaint_model_not_inpainting", g_harmonize(inpaint_model=["10", 0]), OURS, "Harmonize",
          ("inpaint_model", "not an inpainting model")),

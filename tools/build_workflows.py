@@ -25,6 +25,22 @@ REPO = os.path.dirname(HERE)
 WF_DIR = os.path.join(REPO, "workflows")
 API_DIR = os.path.join(WF_DIR, "api")
 MODELS = json.load(open(os.path.join(HERE, "models.json")))
+
+
+def _families():
+    """The pack's ``nodes/families.py`` (the model-family table), loaded by its path: it imports nothing of the pack
+    or of ComfyUI, so the generator needs neither."""
+    import importlib.util
+    name = "megaportrait_families"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "nodes", "families.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+FAMILIES = _families()
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 NODE_W = 360
 GROUP_COLORS = {"Models": "#3f789e", "Identity Net: training": "#8A8", "Reference face": "#b58b2a",
@@ -305,10 +321,11 @@ def _identity_training(g: Graph, ckpt: Node, vae, fa: Node, res: int, model=None
     return photos, trainer
 
 
-SD_SAMPLING = dict(cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras")
-# Flux.1 dev is guidance-distilled: the guidance goes in the conditioning (FluxGuidance), CFG stays off (1.0, so the
-# negative prompt is never evaluated), and its flow schedule wants euler + simple
-FLUX_SAMPLING = dict(cfg=1.0, sampler_name="euler", scheduler="simple")
+# the family table's sampler defaults (SD: cfg 5, dpmpp_2m + karras). Flux.1 dev is guidance-distilled: the guidance
+# goes in the conditioning (FluxGuidance), CFG stays off (1.0, so the negative prompt is never evaluated), and its
+# flow schedule wants euler + simple
+SD_SAMPLING = FAMILIES.by_name("SD1.x").sampling.widgets()
+FLUX_SAMPLING = FAMILIES.by_name("Flux.1").sampling.widgets()
 
 
 def _sd_prompts(g: Graph, clip) -> tuple:

