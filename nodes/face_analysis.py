@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from . import face_search
-from .align import ARCFACE_TEMPLATE, DLIB5_TEMPLATE, template  # noqa: F401  (ARCFACE_TEMPLATE: its old home)
 from .common import CATEGORY, MegaPortraitError, check_bool, check_choice, check_image, check_int, check_number, log, require
+from .image_ops import to_uint8_rgb
 
 BACKENDS = ("dlib", "insightface")
 PROVIDERS = ("auto", "CUDA", "CPU")
@@ -38,7 +38,6 @@ DLIB_FILES = {
     "shape68": "shape_predictor_68_face_landmarks.dat",
     "recognition": "dlib_face_recognition_resnet_model_v1.dat",
 }
-DLIB_TEMPLATE = DLIB5_TEMPLATE            # (its old name)
 DLIB_WINDOW = 72.0       # the smallest face box dlib's HOG detector finds at scale 1 (measured: 73 px)
 SCRFD_WINDOW = 16.0      # the same for insightface's SCRFD, in pixels of its det_size input
 MAX_PASS_PX = 16e6       # the largest (enlarged) image one detector run takes; larger searches run in tiles
@@ -66,25 +65,6 @@ class Face:
     @property
     def center(self) -> np.ndarray:
         return np.array([(self.bbox[0] + self.bbox[2]) / 2, (self.bbox[1] + self.bbox[3]) / 2])
-
-    def alignment_points(self) -> tuple[np.ndarray, np.ndarray]:
-        """Points for the crop alignment (all landmarks) and their template in ArcFace's 112x112 frame."""
-        return alignment_points(self.landmarks, self.kind)
-
-
-def alignment_points(landmarks: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """All landmarks and their template (see :mod:`.align`): a crop fits every point."""
-    return np.asarray(landmarks, dtype=np.float64), template(kind)
-
-
-def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
-    """One ComfyUI IMAGE [H, W, C] (float 0..1) -> HxWx3 uint8 RGB. Grayscale is replicated, alpha dropped."""
-    x = image.detach().float().cpu()
-    if x.shape[-1] == 1:
-        x = x.expand(*x.shape[:-1], 3)
-    elif x.shape[-1] == 4:
-        x = x[..., :3]
-    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).contiguous().numpy()
 
 
 def dlib_model_dir() -> str | None:
