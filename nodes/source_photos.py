@@ -125,6 +125,8 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
     Without ``analyzer``, photos whose centred square would be enlarged more than MAX_ENLARGE times are refused.
     With ``analyzer`` and ``identity_check`` (one of IDENTITY_CHECKS), photos whose face is not the person the
     others show are named (see :func:`check_one_person`); ``names`` labels the photos in messages."""
+    if identity_check and analyzer is not None:
+        analyzer.require_embeddings(node, f"identity_check ('{identity_check}': do the photos show one person?)")
     out, missing, tiny, kept = [], [], [], 0
     embeddings: dict[int, np.ndarray] = {}
     for i, p in enumerate(photos):
