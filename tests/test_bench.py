@@ -31,13 +31,14 @@ def test_markdown_tables_for_every_section():
                                                         "speed_ratio": 2.0, "ours_peak_rss_mb": 10, "peft_peak_rss_mb": 20,
                                                         "ours_train_mb": 5, "peft_train_mb": 6, "memory_ratio": 0.5}]},
         {"section": "faces", "machine": m, "rows": [{"op": "detect faces", "size": "1 Mpx (1280x800)", "faces": 46,
-                                                      "ours_found": 46, "ours_s": 0.5, "old_found": 0, "old_s": 0.05}]},
+                                                      "ours_found": 46, "ours_s": 0.5, "old_found": 0, "old_s": 0.05,
+                                                      "upright_found": 45, "upright_s": 0.25}]},
         {"section": "pipeline", "error": "boom"},
     ]
     md = run.to_markdown(results, "now")
     assert "| light map | 512 px | 10.0 ms | 20.0 ms | 0.50x |" in md
     assert "| dual | SD | 64x64 | 1.00 s | 2.00 s (two KSamplers) | 0.50x |" in md
-    assert "| detect faces | 1 Mpx (1280x800) | 46 | 46 | 500.0 ms | 0 | 50.0 ms |" in md
+    assert "| detect faces | 1 Mpx (1280x800) | 46 | 46 | 500.0 ms | 0 | 50.0 ms | 45 | 250.0 ms |" in md
     assert "2.00x" in md and "boom" in md
 
 

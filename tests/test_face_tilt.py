@@ -73,3 +73,23 @@ def test_a_tilted_head_gives_the_upright_crop(F, dlib_fa):
     crop45, info = F.fc.face_crop("t", dlib_fa, t(turned(img, 45)), 256)
     assert abs(F.al.angle_of(info[0].matrix) - 45) < 6.0 or abs(F.al.angle_of(info[0].matrix) + 45) < 6.0
     assert (crop45 - crop).abs().mean() < 0.06
+
+
+def yawed(img: np.ndarray, k: float) -> np.ndarray:
+    """A planar stand-in for a head turned away: the perspective warp that narrows the picture's right side to
+    1 - k/2 of the width and shortens it by k/2 (no public-domain photo of a turned face ships with a package)."""
+    import cv2
+    h, w = img.shape[:2]
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    dst = np.float32([[0, 0], [w * (1 - k / 2), h * k / 4], [w * (1 - k / 2), h * (1 - k / 4)], [0, h]])
+    return cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (w, h), flags=cv2.INTER_CUBIC,
+                               borderMode=cv2.BORDER_CONSTANT)
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "grace_hopper.jpg"])
+def test_the_turned_face_proxy_is_found_once(F, dlib_fa, name):
+    img = load_png(os.path.join(EXAMPLES, name))
+    for k in (0.5, 0.9):
+        for side in (img, np.ascontiguousarray(img[:, ::-1])):     # turned either way
+            faces = dlib_fa.detect(yawed(side, k))
+            assert len(faces) == 1, (k, [(f.center.round(), round(f.score, 2)) for f in faces])
