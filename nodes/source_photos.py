@@ -60,11 +60,6 @@ def is_face_crop(h: int, w: int, resolution: int, wanted: tuple[float, float, fl
     return abs(min(side, h) - h) <= tol and abs(cx - w / 2) <= tol and abs(cy - h / 2) <= tol
 
 
-def resize_square(img: torch.Tensor, resolution: int) -> torch.Tensor:
-    """[H, W, C] square -> [R, R, C] (area when shrinking, bicubic when enlarging; :func:`.image_ops.resize`)."""
-    return resize(img[None], resolution, resolution)[0]
-
-
 IDENTITY_CHECKS = ("error if not one person", "warn and go on")
 
 
@@ -156,7 +151,7 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
             if analyzer is None and resolution / box[2] > MAX_ENLARGE:
                 tiny.append(f"{i} ({w}x{h} px)")
         x0, y0, s = box
-        out.append(resize_square(p[y0:y0 + s, x0:x0 + s], resolution))
+        out.append(resize(p[None, y0:y0 + s, x0:x0 + s], resolution, resolution)[0])   # area / bicubic
     problems = []
     if missing:
         problems.append(f"no face was found in photo(s) {', '.join(map(str, missing))}")
