@@ -93,3 +93,16 @@ def test_the_turned_face_proxy_is_found_once(F, dlib_fa, name):
         for side in (img, np.ascontiguousarray(img[:, ::-1])):     # turned either way
             faces = dlib_fa.detect(yawed(side, k))
             assert len(faces) == 1, (k, [(f.center.round(), round(f.score, 2)) for f in faces])
+
+
+def test_a_tilted_head_next_to_an_upright_one(F, dlib_fa):
+    """Two people side by side, one head upright and one tilted 45 degrees: both found, left to right, and the
+    upright one only once."""
+    import cv2
+    left = load_png(os.path.join(EXAMPLES, "astronaut.png"))
+    right = cv2.resize(turned(load_png(os.path.join(EXAMPLES, "grace_hopper.jpg")), -45), (512, 512),
+                       interpolation=cv2.INTER_AREA)
+    faces = dlib_fa.detect(np.ascontiguousarray(np.concatenate([left, right], axis=1)))
+    assert len(faces) == 2, [(f.center.round(), round(f.score, 2)) for f in faces]
+    assert faces[0].center[0] < 512 < faces[1].center[0]
+    assert abs(roll(F, faces[1]) + 45) < 8.0 and abs(roll(F, faces[0])) < 10.0
