@@ -85,10 +85,10 @@ def measure(op: str, size: int) -> dict:
     sys.path.insert(0, HERE)
     from common import pack
     pack()
-    from comfyui_megaportrait.nodes import face_analysis, face_crop, paste_back
+    from comfyui_megaportrait.nodes import face_analysis, face_crop, image_ops, paste_back
     torch.set_num_threads(1)
     fa = face_analysis.FaceAnalyzer(min_face=MIN_FACE).load()
-    fa.detect(face_analysis.to_uint8_rgb(torch.full((64, 64, 3), 0.5)))        # models loaded before measuring
+    fa.detect(image_ops.to_uint8_rgb(torch.full((64, 64, 3), 0.5)))        # models loaded before measuring
     img = picture(size)
     float_bytes = img.numel() * 4
     t0 = time.perf_counter()

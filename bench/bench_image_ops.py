@@ -22,7 +22,7 @@ def load_at(size: int) -> np.ndarray:
 
 def main():
     pk = pack()
-    from comfyui_megaportrait.nodes import face_analysis, face_crop, maps, paste_back
+    from comfyui_megaportrait.nodes import align, face_analysis, face_crop, image_ops, maps, paste_back
     fa = face_analysis.FaceAnalyzer().load()
     rows = []
     for size in (512, 1024, 2048):
@@ -43,12 +43,12 @@ def main():
         rows.append(row("HF map (+ signed detail)", size, *timeit_pair(lambda: maps.hf_map(t, 8.0), ref_hf)))
 
         # face crop: the warp (with the anti-aliasing blur when the face is shrunk) given the transform
-        u8 = face_analysis.to_uint8_rgb(t[0])
+        u8 = image_ops.to_uint8_rgb(t[0])
         face = max(fa.detect(u8), key=lambda f: f.area)
-        m = face_crop.crop_matrix(face.landmarks, face.kind, 512, 0.25)
+        m = align.crop_matrix(face.landmarks, face.kind, 512, 0.25)
 
         def ours_crop():
-            return np.clip(face_crop.warp(img, m, (512, 512)), 0, 1)
+            return np.clip(align.warp(img, m, (512, 512)), 0, 1)
 
         def ref_crop():
             scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
@@ -81,8 +81,8 @@ def main():
         def ref_paste():
             s = 512
             mc = np.zeros((s, s), np.float32)
-            c = info.template_to_crop(face_crop.FACE_ELLIPSE[0][None])[0]
-            ax = face_crop.FACE_ELLIPSE[1] * (s / (1 + 2 * info.context)) / 112
+            c = info.template_to_crop(align.FACE_ELLIPSE[0][None])[0]
+            ax = align.FACE_ELLIPSE[1] * (s / (1 + 2 * info.context)) / 112
             cv2.ellipse(mc, (int(round(c[0] * 16)), int(round(c[1] * 16))), (int(round(ax[0] * 16)), int(round(ax[1] * 16))),
                         0, 0, 360, 1.0, -1, lineType=cv2.LINE_AA, shift=4)
             mc = cv2.GaussianBlur(mc, (49, 49), 24 / 2.5, borderType=cv2.BORDER_CONSTANT)

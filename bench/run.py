@@ -105,11 +105,12 @@ def to_markdown(results: list, started: str) -> str:
                 ratio = "-" if x["ratio"] is None else f"{x['ratio']:.2f}x"
                 out.append(f"| {x['op']} | {x['size']} px | {fmt_ms(x['ours_s'])} | {fmt_ms(x['reference_s'])} | {ratio} |")
         elif name == "faces":
-            out += ["| operation | photo | faces in it | found | time | old shrunken pass: found | time |",
-                    "|---|---|---|---|---|---|---|"]
+            out += ["| operation | photo | faces in it | found | time | old shrunken pass: found | time | "
+                    "without the tilted passes: found | time |", "|---|---|---|---|---|---|---|---|---|"]
             for x in r["rows"]:
+                up = (f"{x['upright_found']} | {fmt_ms(x['upright_s'])}" if "upright_s" in x else "- | -")
                 out.append(f"| {x['op']} | {x['size']} | {x['faces']} | {x['ours_found']} | {fmt_ms(x['ours_s'])} | "
-                           f"{x['old_found']} | {fmt_ms(x['old_s'])} |")
+                           f"{x['old_found']} | {fmt_ms(x['old_s'])} | {up} |")
         elif name in ("sampling", "pipeline"):
             out += ["| operation | model | size | ours | stock nodes | ratio |", "|---|---|---|---|---|---|"]
             for x in r["rows"]:

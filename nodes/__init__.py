@@ -10,6 +10,8 @@
     paste_back        stage 4: landmark-aligned paste-back, face and seam masks
     harmonize         stage 5: Harmonization Net (masked inpainting)
     common, deps, sampling   shared helpers
+    image_ops         the image operations every stage shares (masks, resizing, channels, colour)
+    align, face_search       face geometry, and where the detectors look
 """
 from __future__ import annotations
 

@@ -140,10 +140,3 @@ def check_mask(node: str, mask: torch.Tensor | None, image: torch.Tensor, name: 
                                 "use one mask for all images or one mask per image.")
     return mask.to(device=image.device, dtype=image.dtype).clamp(0.0, 1.0).expand(b, h, w)
 
-
-def bhwc_to_bchw(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 3, 1, 2)
-
-
-def bchw_to_bhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 2, 3, 1)

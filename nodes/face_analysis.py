@@ -12,6 +12,12 @@ Backends
   ``det_size`` and, when small faces would be lost there, on ``det_size`` tiles at full resolution), 5 keypoints,
   ArcFace 512-d embeddings compared by cosine distance.
 
+Every backend is one :class:`BackendSpec` in :data:`BACKEND_SPECS`: its :class:`Capabilities` (detection,
+landmarks, identity embeddings), the configuration that selects a model instance, how to build it and how to
+describe it. A backend object follows :class:`FaceBackend` (and :class:`IdentityBackend` when it has embeddings);
+the identity features (Face Similarity, Select Best Identity, Face Crop's identity selections, Load Source Photos'
+identity check) refuse a backend without embeddings with a message before any work.
+
 FACE_ANALYSIS is a :class:`FaceAnalyzer`: a plain, picklable Python object holding the backend configuration;
 models load lazily on first use and are shared between analyzers with the same configuration.
 Images enter as HxWx3 uint8 RGB numpy arrays (see :func:`to_uint8_rgb`).
@@ -21,14 +27,17 @@ from __future__ import annotations
 import glob
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 
 from . import face_search
-from .align import ARCFACE_TEMPLATE, DLIB5_TEMPLATE, template  # noqa: F401  (ARCFACE_TEMPLATE: its old home)
+from .align import invert, transform_points
 from .common import CATEGORY, MegaPortraitError, check_bool, check_choice, check_image, check_int, check_number, log, require
+from .image_ops import to_uint8_rgb
 
 BACKENDS = ("dlib", "insightface")
 PROVIDERS = ("auto", "CUDA", "CPU")
@@ -38,11 +47,18 @@ DLIB_FILES = {
     "shape68": "shape_predictor_68_face_landmarks.dat",
     "recognition": "dlib_face_recognition_resnet_model_v1.dat",
 }
-DLIB_TEMPLATE = DLIB5_TEMPLATE            # (its old name)
 DLIB_WINDOW = 72.0       # the smallest face box dlib's HOG detector finds at scale 1 (measured: 73 px)
 SCRFD_WINDOW = 16.0      # the same for insightface's SCRFD, in pixels of its det_size input
 MAX_PASS_PX = 16e6       # the largest (enlarged) image one detector run takes; larger searches run in tiles
 DEFAULT_MIN_FACE = 32    # detector box side; the box is about 0.8 of the face width a person sees
+# dlib's HOG detector finds heads tilted up to about 35 degrees (measured on the shipped portraits); passes on the
+# image turned by these angles find heads tilted up to 45 degrees and beyond, from TILT_MIN_FACE_FACTOR x min_face,
+# at a detection threshold TILT_THRESHOLD_MARGIN higher (two more images searched: more chances of a false face;
+# measured on the shipped portraits turned by up to 50 degrees: faces scored 0.46 and more, false faces 0.38 at most)
+TILT_ANGLES = (30.0, -30.0)
+TILT_MIN_FACE_FACTOR = 2.0
+TILT_THRESHOLD_MARGIN = 0.1
+TILT_CONFIRM = (-15.0, 15.0)   # a face found on a turned image must be found again turned by these angles more
 _DLIB5_FLIP = [2, 3, 0, 1, 4]        # dlib 5-point order: image-right eye (outer, inner), image-left eye, nose base
 
 
@@ -66,25 +82,6 @@ class Face:
     @property
     def center(self) -> np.ndarray:
         return np.array([(self.bbox[0] + self.bbox[2]) / 2, (self.bbox[1] + self.bbox[3]) / 2])
-
-    def alignment_points(self) -> tuple[np.ndarray, np.ndarray]:
-        """Points for the crop alignment (all landmarks) and their template in ArcFace's 112x112 frame."""
-        return alignment_points(self.landmarks, self.kind)
-
-
-def alignment_points(landmarks: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """All landmarks and their template (see :mod:`.align`): a crop fits every point."""
-    return np.asarray(landmarks, dtype=np.float64), template(kind)
-
-
-def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
-    """One ComfyUI IMAGE [H, W, C] (float 0..1) -> HxWx3 uint8 RGB. Grayscale is replicated, alpha dropped."""
-    x = image.detach().float().cpu()
-    if x.shape[-1] == 1:
-        x = x.expand(*x.shape[:-1], 3)
-    elif x.shape[-1] == 4:
-        x = x[..., :3]
-    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).contiguous().numpy()
 
 
 def dlib_model_dir() -> str | None:
@@ -141,11 +138,45 @@ def list_insightface_packs() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ backends
+@dataclass(frozen=True)
+class Capabilities:
+    """What a face backend can do: find faces, give the landmarks crops align on, give identity embeddings."""
+    detect: bool = True
+    landmarks: bool = True
+    embeddings: bool = False
+
+    def describe(self) -> str:
+        can = [w for w, ok in (("detection", self.detect), ("landmarks", self.landmarks),
+                               ("identity embeddings", self.embeddings)) if ok]
+        return ", ".join(can) or "nothing"
+
+
+class FaceBackend(Protocol):
+    """A loaded face backend: detection with landmarks of one ``kind`` (see :mod:`.align`'s templates)."""
+    can: ClassVar[Capabilities]
+    kind: str
+
+    def detect(self, img: np.ndarray, threshold: float, det_size: int, min_face: float) -> list[Face]: ...
+
+
+class IdentityBackend(FaceBackend, Protocol):
+    """A backend with identity embeddings (``can.embeddings``): a descriptor per face, a distance between two
+    descriptors and the distance below which two faces are the same person."""
+    metric: str
+    threshold: float
+    embedding_size: int
+
+    def embed(self, img: np.ndarray, face: Face) -> np.ndarray: ...
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float: ...
+
+
 _MODEL_CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
 class _DlibBackend:
+    can = Capabilities(detect=True, landmarks=True, embeddings=True)
     metric = "euclidean"
     threshold = 0.6
     embedding_size = 128
@@ -175,9 +206,20 @@ class _DlibBackend:
         self.refine = refine
         self.lock = threading.Lock()
 
-    def detect(self, img: np.ndarray, threshold: float, det_size: int, min_face: float) -> list[Face]:
+    def detect(self, img: np.ndarray, threshold: float, det_size: int, min_face: float,
+               tilt: bool = True) -> list[Face]:
         """Every face of at least ``min_face`` px: the HOG detector on the image enlarged (or shrunk) so that
-        such a face fills its window, in tiles when that is large; landmarks on the full-resolution image."""
+        such a face fills its window, in tiles when that is large; landmarks on the full-resolution image. With
+        ``tilt``, the image turned by each of TILT_ANGLES is searched too (faces from TILT_MIN_FACE_FACTOR x
+        ``min_face``, threshold + TILT_THRESHOLD_MARGIN), which finds heads tilted further than the detector's own
+        reach (about 35 degrees)."""
+        boxes, scores = self._hog_search(img, threshold, min_face)
+        faces = [Face(b, float(s), self.landmarks(img, b), self.kind) for b, s in zip(boxes, scores)]
+        if tilt:
+            faces += self._tilted(img, threshold + TILT_THRESHOLD_MARGIN, min_face * TILT_MIN_FACE_FACTOR, faces)
+        return faces
+
+    def _hog_search(self, img: np.ndarray, threshold: float, min_face: float):
         h, w = img.shape[:2]
         passes = face_search.plan(h, w, DLIB_WINDOW, min_face, MAX_PASS_PX)
 
@@ -186,7 +228,48 @@ class _DlibBackend:
                 rects, scores, _ = self.detector.run(region, 0, threshold)
             return [(r.left(), r.top(), r.right() + 1, r.bottom() + 1) for r in rects], scores, None
         boxes, scores, _ = face_search.run(img, passes, hog)
-        return [Face(b, float(s), self.landmarks(img, b), self.kind) for b, s in zip(boxes, scores)]
+        return boxes, scores
+
+    def _tilted(self, img: np.ndarray, threshold: float, min_face: float, found: list[Face]) -> list[Face]:
+        """The faces the turned images show that ``found`` lacks; their landmarks are predicted on the turned image
+        (where the face is upright) and mapped back, their boxes are the same size about the mapped centre."""
+        out: list[Face] = []
+        for angle in TILT_ANGLES:
+            turned, m = face_search.rotate(img, angle)
+            boxes, scores = self._hog_search(turned, threshold, min_face)
+            if len(boxes) == 0:
+                continue
+            back = invert(m)
+            centers = transform_points(back, (boxes[:, :2] + boxes[:, 2:]) / 2.0 - 0.5) + 0.5
+            sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            known = found + out
+            for i in face_search.new_faces(centers, sizes, [f.center for f in known], [f.size for f in known]):
+                if not self._confirmed(img, centers[i], sizes[i], angle, threshold):
+                    continue
+                half = (boxes[i, 2] - boxes[i, 0]) / 2.0, (boxes[i, 3] - boxes[i, 1]) / 2.0
+                bbox = np.array([centers[i][0] - half[0], centers[i][1] - half[1], centers[i][0] + half[0],
+                                 centers[i][1] + half[1]])
+                lm = transform_points(back, self.landmarks(turned, boxes[i]))
+                out.append(Face(bbox, float(scores[i]), lm, self.kind))
+        return out
+
+    def _confirmed(self, img: np.ndarray, center: np.ndarray, size: float, angle: float, threshold: float) -> bool:
+        """True when the face of ``size`` px at ``center`` (found on the image turned by ``angle``) is found again
+        on a patch around it turned by ``angle`` + each of TILT_CONFIRM: a face stays a face when turned a little
+        more or less, the texture a detector takes for one by chance does not."""
+        import cv2
+        k = 1.3 * DLIB_WINDOW / max(size, 1.0)                     # the face about 1.3 detector windows wide
+        side = int(round(3 * size * k))
+        for delta in TILT_CONFIRM:
+            m = cv2.getRotationMatrix2D((float(center[0]) - 0.5, float(center[1]) - 0.5), angle + delta, k)
+            m[:, 2] += side / 2.0 - (np.asarray(center, np.float64) - 0.5)
+            patch = cv2.warpAffine(img, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            with self.lock:
+                rects, _, _ = self.detector.run(patch, 0, threshold)
+            if any(abs((r.left() + r.right()) / 2 - side / 2) < 0.5 * size * k and
+                   abs((r.top() + r.bottom()) / 2 - side / 2) < 0.5 * size * k for r in rects):
+                return True
+        return False
 
     def _rect(self, cx, cy, half):
         return self.dlib.rectangle(int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
@@ -230,6 +313,7 @@ class _DlibBackend:
 
 
 class _InsightFaceBackend:
+    can = Capabilities(detect=True, landmarks=True, embeddings=True)
     metric = "cosine"
     threshold = 0.65       # cosine distance (1 - cosine similarity); ~0.35 similarity is the usual ArcFace cut-off
     embedding_size = 512
@@ -316,6 +400,35 @@ class _InsightFaceBackend:
         return float(1.0 - a.dot(b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """One face backend: its name (the loader's choice), what it can do, the part of a FACE_ANALYSIS that selects a
+    model instance (instances are cached by it), how to build one and how to describe it."""
+    name: str
+    can: Capabilities
+    config: Callable[[FaceAnalyzer], tuple]
+    build: Callable[[FaceAnalyzer], FaceBackend]
+    describe: Callable[[FaceAnalyzer, FaceBackend], str]
+
+
+BACKEND_SPECS: dict[str, BackendSpec] = {
+    "dlib": BackendSpec(
+        "dlib", _DlibBackend.can, lambda fa: (fa.landmarks, fa.refine_landmarks),
+        lambda fa: _DlibBackend(fa.node, fa.landmarks, fa.refine_landmarks),
+        lambda fa, b: f"dlib ({fa.landmarks} landmarks, faces from {fa.min_face} px, Euclidean distance, "
+                      f"threshold {b.threshold})"),
+    "insightface": BackendSpec(
+        "insightface", _InsightFaceBackend.can, lambda fa: (fa.insightface_pack, fa.provider, fa.det_size),
+        lambda fa: _InsightFaceBackend(fa.node, fa.insightface_pack, fa.provider, fa.det_size),
+        lambda fa, b: f"insightface {fa.insightface_pack} ({fa.provider}, cosine distance, threshold {b.threshold})"),
+}
+
+
+def register_backend(spec: BackendSpec) -> None:
+    """Add (or replace) a face backend by name (for backends other packs or tests bring)."""
+    BACKEND_SPECS[spec.name] = spec
+
+
 @dataclass
 class FaceAnalyzer:
     """FACE_ANALYSIS: backend configuration + lazily loaded, shared models. Picklable (models are not pickled)."""
@@ -329,37 +442,52 @@ class FaceAnalyzer:
     provider: str = "auto"
     node: str = field(default="Face Analysis", compare=False)
 
-    def _key(self):
-        if self.backend == "dlib":
-            return ("dlib", self.landmarks, self.refine_landmarks)
-        return ("insightface", self.insightface_pack, self.provider, self.det_size)
+    @property
+    def spec(self) -> BackendSpec:
+        spec = BACKEND_SPECS.get(self.backend)
+        if spec is None:
+            raise MegaPortraitError(self.node, f"unknown face backend {self.backend!r}.", f"use one of {list(BACKEND_SPECS)}.")
+        return spec
 
     @property
-    def impl(self):
-        key = self._key()
+    def can(self) -> Capabilities:
+        """What this FACE_ANALYSIS's backend can do (known without loading its models)."""
+        return self.spec.can
+
+    @property
+    def impl(self) -> FaceBackend:
+        spec = self.spec
+        key = (spec.name, *spec.config(self))
         with _CACHE_LOCK:
             impl = _MODEL_CACHE.get(key)
             if impl is None:
-                if self.backend == "dlib":
-                    impl = _DlibBackend(self.node, self.landmarks, self.refine_landmarks)
-                elif self.backend == "insightface":
-                    impl = _InsightFaceBackend(self.node, self.insightface_pack, self.provider, self.det_size)
-                else:
-                    raise MegaPortraitError(self.node, f"unknown face backend {self.backend!r}.", f"use one of {BACKENDS}.")
-                _MODEL_CACHE[key] = impl
+                impl = _MODEL_CACHE[key] = spec.build(self)
         return impl
 
     def load(self) -> FaceAnalyzer:
         self.impl  # noqa: B018  (loads the models now, so a broken install fails in the loader node)
         return self
 
+    def require_embeddings(self, node: str, purpose: str) -> None:
+        """Refuse, naming ``node``, a backend that has no identity embeddings for ``purpose`` (an identity feature)."""
+        if not self.can.embeddings:
+            usable = [n for n, s in BACKEND_SPECS.items() if s.can.embeddings]
+            raise MegaPortraitError(node, f"{purpose} needs identity embeddings, but the face backend '{self.backend}' "
+                                          f"has none (it can do: {self.can.describe()}).",
+                                    f"choose a backend with identity embeddings ({', '.join(usable)}) in the Face "
+                                    "Analysis Loader feeding this node, or do without the identity feature.")
+
+    def _identity(self) -> IdentityBackend:
+        self.require_embeddings(self.node, "comparing faces by identity")
+        return self.impl
+
     @property
     def threshold(self) -> float:
-        return self.impl.threshold
+        return self._identity().threshold
 
     @property
     def metric(self) -> str:
-        return self.impl.metric
+        return self._identity().metric
 
     def detect(self, img: np.ndarray, min_face: float | None = None) -> list[Face]:
         """All faces of at least ``min_face`` px (default: the loader's) in an HxWx3 uint8 RGB image, searched at
@@ -370,17 +498,14 @@ class FaceAnalyzer:
 
     def embed(self, img: np.ndarray, face: Face) -> np.ndarray:
         if face.embedding is None:
-            face.embedding = self.impl.embed(img, face)
+            face.embedding = self._identity().embed(img, face)
         return face.embedding
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
-        return self.impl.distance(a, b)
+        return self._identity().distance(a, b)
 
     def describe(self) -> str:
-        if self.backend == "dlib":
-            return (f"dlib ({self.landmarks} landmarks, faces from {self.min_face} px, Euclidean distance, "
-                    f"threshold {self.impl.threshold})")
-        return f"insightface {self.insightface_pack} ({self.provider}, cosine distance, threshold {self.impl.threshold})"
+        return self.spec.describe(self, self.impl)
 
 
 def largest_face(node: str, analyzer: FaceAnalyzer, img: np.ndarray, what: str) -> tuple[Face, int]:
@@ -394,6 +519,7 @@ def largest_face(node: str, analyzer: FaceAnalyzer, img: np.ndarray, what: str) 
 
 def identity_embedding(node: str, analyzer: FaceAnalyzer, images: torch.Tensor, what: str) -> np.ndarray:
     """Mean embedding of the largest face of every image of a batch (an identity from several photos)."""
+    analyzer.require_embeddings(node, f"the identity of '{what}'")
     images = check_image(node, images, what)
     embs = []
     for i in range(images.shape[0]):

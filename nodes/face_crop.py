@@ -19,20 +19,10 @@ import numpy as np
 import torch
 
 from . import align
-from .align import (  # noqa: F401  (the geometry's old home: these names stay importable from here)
-    FACE_ELLIPSE,
-    TEMPLATE_CENTER,
-    TEMPLATE_SIZE,
-    border_fraction,
-    compose,
-    crop_matrix,
-    similarity,
-    template_to_crop,
-    transform_points,
-    warp,
-)
+from .align import border_fraction, crop_matrix, transform_points, warp
 from .common import CATEGORY, MegaPortraitError, check_image, check_int, check_number, log
-from .face_analysis import Face, FaceAnalyzer, identity_embedding, to_uint8_rgb
+from .face_analysis import Face, FaceAnalyzer, identity_embedding
+from .image_ops import redetect_min_face, rgb_numpy, to_uint8, to_uint8_rgb
 
 EVERY_FACE = "every face (left to right)"
 MATCHING = "every face matching identity"
@@ -194,16 +184,13 @@ def crop_face(analyzer: FaceAnalyzer, image: torch.Tensor, face: Face, i: int, n
     h, w = image.shape[:2]
     m = crop_matrix(face.landmarks, face.kind, crop_size, context)
     x0, y0, x1, y1 = align.source_roi(m, crop_size, h, w)
-    src = image[y0:y1, x0:x1].detach().float().cpu()
-    if src.shape[-1] == 1:
-        src = src.expand(*src.shape[:-1], 3)
-    src = np.ascontiguousarray(src[..., :3].numpy())                    # the region only
+    src = rgb_numpy(image[y0:y1, x0:x1])                                # the region only, on the CPU (OpenCV)
     crop = np.clip(warp(src, align.from_region(m, x0, y0), (crop_size, crop_size)), 0.0, 1.0) \
         if src.size else np.zeros((crop_size, crop_size, 3), np.float32)
     # landmarks detected on the crop itself: paste-back compares like with like
     expected = transform_points(m, face.landmarks)
-    crop8 = (crop * 255.0).round().astype(np.uint8)
-    again = _nearest(analyzer.detect(crop8, min_face=crop_size // 5), transform_points(m, face.center[None])[0])
+    again = _nearest(analyzer.detect(to_uint8(crop), min_face=redetect_min_face(crop_size)),
+                     transform_points(m, face.center[None])[0])
     lm_crop = expected
     if again is not None and again.kind == face.kind and np.abs(again.landmarks - expected).mean() < 0.1 * crop_size:
         lm_crop = again.landmarks
@@ -249,7 +236,7 @@ def face_crop(node: str, analyzer: FaceAnalyzer, images: torch.Tensor, crop_size
             info.image_index = b
             crops.append(torch.from_numpy(c))
             infos.append(info)
-    return torch.stack(crops), FaceCrop(infos, references=int(images.shape[0]))
+    return torch.stack(crops).to(images.device), FaceCrop(infos, references=int(images.shape[0]))
 
 
 class FaceCropNode:

@@ -101,3 +101,38 @@ def run(image: np.ndarray, passes: list[Pass], detect) -> tuple[np.ndarray, np.n
     keep = merge(np.asarray(all_b).reshape(-1, 4), np.asarray(all_s))
     return (np.asarray(all_b, dtype=np.float64).reshape(-1, 4)[keep], np.asarray(all_s, dtype=np.float64)[keep],
             [all_e[i] for i in keep])
+
+
+# ------------------------------------------------------------------------------------------------- tilted faces
+def rotation(h: int, w: int, degrees: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The 2x3 matrix that turns an HxW image by ``degrees`` (counter-clockwise, about its centre) onto a canvas
+    that holds all of it, and that canvas's (width, height)."""
+    import cv2
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), degrees, 1.0)
+    c, s = abs(m[0, 0]), abs(m[0, 1])
+    cw, ch = int(math.ceil(w * c + h * s)), int(math.ceil(w * s + h * c))
+    m[0, 2] += cw / 2.0 - w / 2.0
+    m[1, 2] += ch / 2.0 - h / 2.0
+    return m, (cw, ch)
+
+
+def rotate(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` turned by ``degrees`` on a canvas that holds all of it (the corners black), and the matrix that maps
+    its pixels onto the canvas."""
+    import cv2
+    m, size = rotation(image.shape[0], image.shape[1], degrees)
+    return cv2.warpAffine(image, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0), m
+
+
+def new_faces(centers: np.ndarray, sizes: np.ndarray, known_centers: np.ndarray, known_sizes: np.ndarray) -> list[int]:
+    """Indices of the faces (centres, sizes) that are none of the known faces: no known face's centre lies within
+    half of either face's size of theirs. Faces found twice in one list keep the first."""
+    keep: list[int] = []
+    kc, ks = [np.asarray(known_centers, np.float64).reshape(-1, 2)], [np.asarray(known_sizes, np.float64).reshape(-1)]
+    for i, (c, s) in enumerate(zip(np.asarray(centers, np.float64).reshape(-1, 2), np.asarray(sizes, np.float64))):
+        cs, ss = np.concatenate(kc), np.concatenate(ks)
+        if len(cs) == 0 or (np.linalg.norm(cs - c, axis=1) >= 0.5 * np.maximum(ss, s)).all():
+            keep.append(i)
+            kc.append(c[None])
+            ks.append(np.array([s]))
+    return keep

@@ -10,68 +10,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import comfy_compat, families
 from .common import CATEGORY, MegaPortraitError, check_bool, check_image, check_int, check_mask, check_number
+from .image_ops import mask_box, mask_parts, pad_mask_to_multiple, pad_to_multiple, prepare_mask, resize, resize_mask
 from .lora_files import load_lora_file, lora_fit_problem
 from .sampling import apply_controlnet, check_controlnet, decode, model_context_dim, sampling_inputs
-
-
-def prepare_mask(mask: torch.Tensor, grow: int, feather: int) -> torch.Tensor:
-    """Grow (dilate, or shrink if negative) by ``grow`` pixels, then feather with a Gaussian of radius ``feather``.
-    Values stay exactly 0 beyond grow + feather pixels from the mask. [H, W] float in 0..1."""
-    import cv2
-    m = mask.detach().float().cpu().numpy().astype(np.float32)
-    if grow:
-        r = abs(int(grow))
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        m = cv2.dilate(m, k) if grow > 0 else cv2.erode(m, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    if feather > 0:
-        f = int(feather)
-        m = cv2.GaussianBlur(m, (2 * f + 1, 2 * f + 1), f / 2.5, borderType=cv2.BORDER_CONSTANT)
-    return torch.from_numpy(np.clip(m, 0.0, 1.0))
-
-
-def mask_box(m: torch.Tensor, padding: float) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) around the mask's support, padded by ``padding`` x its size on each side, inside the image."""
-    h, w = m.shape
-    ys, xs = torch.nonzero(m > 0, as_tuple=True)
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    px, py = int(math.ceil((x1 - x0) * padding)), int(math.ceil((y1 - y0) * padding))
-    return max(0, x0 - px), max(0, y0 - py), min(w, x1 + px), min(h, y1 + py)
-
-
-def mask_parts(m: torch.Tensor) -> list[torch.Tensor]:
-    """The separate parts (8-connected support) of a prepared mask, left to right: each the mask with the others
-    zeroed. One part (or an empty mask) gives the mask itself."""
-    import cv2
-    n, labels = cv2.connectedComponents((m > 0).numpy().astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return [m]
-    lab = torch.from_numpy(labels)
-    parts = [torch.where(lab == k, m, torch.zeros_like(m)) for k in range(1, n)]
-    return sorted(parts, key=lambda p: int(torch.nonzero(p > 0)[:, 1].min()))
 
 
 def working_size(bw: int, bh: int, resolution: int) -> tuple[int, int]:
     """Size (multiples of 8) of a bw x bh box scaled so that its longer side is ``resolution``."""
     s = resolution / max(bw, bh)
     return max(8, int(round(bw * s / 8)) * 8), max(8, int(round(bh * s / 8)) * 8)
-
-
-def _resize(x: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    """[N, H, W, C] -> [N, h, w, C] (area when shrinking, bicubic when enlarging)."""
-    c = x.permute(0, 3, 1, 2)
-    if (h, w) == tuple(c.shape[-2:]):
-        return x.clone()
-    if h < c.shape[-2] and w < c.shape[-1]:
-        out = F.interpolate(c, size=(h, w), mode="area")
-    else:
-        out = F.interpolate(c, size=(h, w), mode="bicubic", align_corners=False)
-    return out.permute(0, 2, 3, 1).clamp(0, 1)
 
 
 def inpaint_hint(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -115,12 +66,10 @@ def _sample_part(model, positive, negative, vae, out: torch.Tensor, m: torch.Ten
     box_img = out[y0:y1, x0:x1, :3][None].clone()
     box_m = m[y0:y1, x0:x1]
     if crop_to_mask:
-        work = _resize(box_img, ww, wh)
-        work_m = F.interpolate(box_m[None, None], size=(wh, ww), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+        work = resize(box_img, ww, wh)
+        work_m = resize_mask(box_m, ww, wh)
     else:   # pad to multiples of 8 with the edge pixels (the VAE needs them); cropped off again below
-        pad = (0, 0, 0, ww - (x1 - x0), 0, wh - (y1 - y0))
-        work = F.pad(box_img.permute(0, 3, 1, 2), pad[2:], mode="replicate").permute(0, 2, 3, 1)
-        work_m = F.pad(box_m[None, None], pad[2:], mode="constant", value=0.0)[0, 0]
+        work, work_m = pad_to_multiple(box_img, 8), pad_mask_to_multiple(box_m, 8)
     pos, neg = positive, negative
     if control_net is not None and control_strength > 0:
         pos, neg = apply_controlnet(pos, neg, control_net, inpaint_hint(work, work_m), control_strength, 0.0, 1.0, vae)[:2]
@@ -130,8 +79,8 @@ def _sample_part(model, positive, negative, vae, out: torch.Tensor, m: torch.Ten
         latent = {"samples": vae.encode(work), "noise_mask": work_m[None, None]}
     sampled = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos, neg, latent,
                                           denoise=denoise)[0]
-    gen = decode(vae, sampled["samples"])
-    gen = _resize(gen, x1 - x0, y1 - y0) if crop_to_mask else gen[:, : y1 - y0, : x1 - x0]
+    gen = decode(vae, sampled["samples"]).to(out.device)      # the VAE's output device may not be the image's
+    gen = resize(gen, x1 - x0, y1 - y0) if crop_to_mask else gen[:, : y1 - y0, : x1 - x0]
     mb = box_m[..., None].to(out.dtype)
     blend = box_img[0] * (1 - mb) + gen[0].to(out.dtype) * mb
     keep = (box_m == 0)
@@ -270,18 +219,10 @@ class Harmonize:
         if any(lat is None for lat in latents) or len(shapes) != 1:
             # nothing sampled (empty mask / denoise 0), a mask of several parts or boxes of different sizes: the
             # latent of the output image
-            lat_out = {"samples": vae.encode(_pad8(torch.stack(images)))}
+            lat_out = {"samples": vae.encode(pad_to_multiple(torch.stack(images), 8))}
         else:
             lat_out = {"samples": torch.cat([lat["samples"] for lat in latents])}
         return (torch.stack(images), lat_out)
-
-
-def _pad8(x: torch.Tensor) -> torch.Tensor:
-    h, w = x.shape[1], x.shape[2]
-    ph, pw = (-h) % 8, (-w) % 8
-    if not (ph or pw):
-        return x[..., :3]
-    return F.pad(x[..., :3].permute(0, 3, 1, 2), (0, pw, 0, ph), mode="replicate").permute(0, 2, 3, 1)
 
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitHarmonize": Harmonize}

@@ -20,7 +20,8 @@ import math
 
 import torch
 
-from .common import CATEGORY, MegaPortraitError, bchw_to_bhwc, bhwc_to_bchw, check_choice, check_image, check_mask, check_number
+from .common import CATEGORY, MegaPortraitError, check_choice, check_image, check_mask, check_number
+from .image_ops import bchw_to_bhwc, bhwc_to_bchw
 
 FILTERS = ("gaussian", "box")
 SIGMA_MODES = ("relative to 512 px", "pixels")

@@ -21,6 +21,18 @@ from . import align as geometry  # (the module; "align" is also the node input)
 from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log
 from .face_analysis import FaceAnalyzer
 from .face_crop import CropInfo, FaceCrop
+from .image_ops import (
+    grow_and_feather,
+    lab_to_rgb,
+    redetect_min_face,
+    rgb,
+    rgb_numpy,
+    rgb_to_lab,
+    seam_band,
+    to_uint8,
+    union_into,
+    with_channels,
+)
 
 MASK_TYPES = ("face ellipse", "landmark hull", "whole crop")
 ALIGN_MODES = ("landmarks", "none")
@@ -54,26 +66,7 @@ def crop_mask(info: CropInfo, mask_type: str, grow: int, feather: int) -> np.nda
         cv2.fillConvexPoly(m, hull, 1.0, lineType=cv2.LINE_AA)
     else:
         raise ValueError(f"unknown mask type {mask_type!r}")
-    if grow:
-        r = abs(int(grow))
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        m = cv2.dilate(m, k) if grow > 0 else cv2.erode(m, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    if feather > 0:
-        m = cv2.GaussianBlur(m, (2 * int(feather) + 1, 2 * int(feather) + 1), feather / 2.5, borderType=cv2.BORDER_CONSTANT)
-    return np.clip(m, 0.0, 1.0)
-
-
-def seam_band(mask: np.ndarray, width: int, feather: int) -> np.ndarray:
-    """Band of +-width pixels around the 0.5 level of ``mask`` (float32 in 0..1)."""
-    import cv2
-    if width <= 0:
-        return np.zeros_like(mask)
-    b = (mask > 0.5).astype(np.uint8)
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
-    band = (cv2.dilate(b, k) - cv2.erode(b, k, borderType=cv2.BORDER_CONSTANT, borderValue=0)).astype(np.float32)
-    if feather > 0:
-        band = cv2.GaussianBlur(band, (2 * feather + 1, 2 * feather + 1), feather / 2.5, borderType=cv2.BORDER_CONSTANT)
-    return np.clip(band, 0.0, 1.0)
+    return grow_and_feather(m, grow, feather)
 
 
 def _drift_ok(t: np.ndarray, crop_size: int) -> bool:
@@ -90,8 +83,7 @@ def drift_transform(analyzer: FaceAnalyzer | None, face_img: np.ndarray, info: C
     if analyzer is None:
         return eye, "no FACE_ANALYSIS: no drift correction"
     s = info.crop_size
-    img8 = (np.clip(face_img, 0, 1) * 255).round().astype(np.uint8)
-    faces = [f for f in analyzer.detect(img8, min_face=s // 5) if f.kind == info.kind]
+    faces = [f for f in analyzer.detect(to_uint8(face_img), min_face=redetect_min_face(s)) if f.kind == info.kind]
     if not faces:
         return eye, "no face found on the re-rendered image: pasted without drift correction"
     expected = info.landmarks_crop.mean(0)
@@ -102,31 +94,12 @@ def drift_transform(analyzer: FaceAnalyzer | None, face_img: np.ndarray, info: C
     return t, "aligned on re-detected landmarks"
 
 
-def _to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """[H, W, 3] sRGB 0..1 -> [3, H, W] CIE Lab (OpenCV on the CPU, kornia elsewhere; the same conversion)."""
-    if rgb.device.type == "cpu":
-        import cv2
-        lab = cv2.cvtColor(np.ascontiguousarray(rgb.float().clamp(0, 1).numpy()), cv2.COLOR_RGB2Lab)
-        return torch.from_numpy(lab).permute(2, 0, 1)
-    import kornia.color as kc
-    return kc.rgb_to_lab(rgb.permute(2, 0, 1)[None].clamp(0, 1))[0]
-
-
-def _from_lab(lab: torch.Tensor) -> torch.Tensor:
-    if lab.device.type == "cpu":
-        import cv2
-        rgb = cv2.cvtColor(np.ascontiguousarray(lab.permute(1, 2, 0).float().numpy()), cv2.COLOR_Lab2RGB)
-        return torch.from_numpy(rgb).clamp(0, 1)
-    import kornia.color as kc
-    return kc.lab_to_rgb(lab[None])[0].permute(1, 2, 0).clamp(0, 1)
-
-
 def color_match(pasted: torch.Tensor, reference: torch.Tensor, region: torch.Tensor, mode: str) -> torch.Tensor:
     """Match the statistics of ``pasted`` to ``reference`` inside ``region`` (HxW bool), in CIE Lab."""
     if mode == "none" or int(region.sum()) < 16:
         return pasted
-    p = _to_lab(pasted)
-    r = _to_lab(reference)
+    p = rgb_to_lab(pasted)
+    r = rgb_to_lab(reference)
     pv, rv = p[:, region], r[:, region]
     mp, mr = pv.mean(1, keepdim=True), rv.mean(1, keepdim=True)
     chans = [0] if mode == "luminance" else [0, 1, 2]
@@ -138,14 +111,14 @@ def color_match(pasted: torch.Tensor, reference: torch.Tensor, region: torch.Ten
             flat[c] = (flat[c] - mp[c]) * (sr / sp) + mr[c]
         else:
             flat[c] = flat[c] - mp[c] + mr[c]
-    return _from_lab(out)
+    return lab_to_rgb(out)
 
 
 def paste_into(out: torch.Tensor, mask: torch.Tensor, seam: torch.Tensor, reference: torch.Tensor, info: CropInfo,
                face: np.ndarray, analyzer: FaceAnalyzer | None, align: str, mask_type: str, grow: int, feather: int,
                seam_width: int, color: str) -> str:
-    """Paste one face (float32 HfxWfx3) into ``out`` [H, W, C] (a copy of ``reference``, perhaps holding other pasted
-    faces already), in place; its mask and seam join ``mask`` and ``seam`` [H, W] (union: the maximum). Returns a note.
+    """Paste one face (float32 HfxWfx3) into ``out`` [H, W, C] (a CPU copy of ``reference``, perhaps holding other
+    pasted faces already), in place; its mask and seam join ``mask`` and ``seam`` [H, W] (union: the maximum). Returns a note.
 
     Only the region the crop square maps to is read and written (warped, colour-matched against ``reference``,
     blended); inside it pixels with mask 0 keep their values exactly (x * 1 + face * 0)."""
@@ -174,15 +147,13 @@ def paste_into(out: torch.Tensor, mask: torch.Tensor, seam: torch.Tensor, refere
     seam_c = seam_band(mask_c, seam_width, max(1, feather // 2) if feather else 0)
     seam_r = np.clip(cv2.warpAffine(seam_c, inv_roi, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                     borderValue=0), 0.0, 1.0)
-    ref_rgb = reference[y0:y1, x0:x1, :3]
-    if ref_rgb.shape[-1] == 1:
-        ref_rgb = ref_rgb.expand(rh, rw, 3)
+    ref_rgb = rgb(reference[y0:y1, x0:x1])
     pasted_t = color_match(torch.from_numpy(pasted), ref_rgb.contiguous(), torch.from_numpy(mask_r > 0.5), color)
     mt = torch.from_numpy(mask_r)[..., None]
     region = out[y0:y1, x0:x1, :3]
     region.copy_(region * (1.0 - mt) + pasted_t * mt)
-    torch.maximum(mask[y0:y1, x0:x1], torch.from_numpy(mask_r), out=mask[y0:y1, x0:x1])
-    torch.maximum(seam[y0:y1, x0:x1], torch.from_numpy(seam_r), out=seam[y0:y1, x0:x1])
+    union_into(mask[y0:y1, x0:x1], torch.from_numpy(mask_r))
+    union_into(seam[y0:y1, x0:x1], torch.from_numpy(seam_r))
     return note
 
 
@@ -195,7 +166,8 @@ def paste_back(node: str, reference: torch.Tensor, face_crop: FaceCrop, face: to
     [B,H,W], seams [B,H,W] (each the union over the image's faces), notes (one per face)).
 
     Memory: the outputs are allocated once and faces are pasted into them region by region (no other copy of a
-    whole image is made)."""
+    whole image is made). The work runs on the CPU (OpenCV); a reference on another device (a GPU) is copied to
+    the CPU once and the outputs are returned on the reference's device."""
     reference = check_image(node, reference, "reference")
     face = check_image(node, face, "face")
     if not isinstance(face_crop, FaceCrop) or len(face_crop) == 0:
@@ -218,9 +190,7 @@ def paste_back(node: str, reference: torch.Tensor, face_crop: FaceCrop, face: to
             raise MegaPortraitError(node, f"the reference is {reference.shape[2]}x{reference.shape[1]} but the FACE_CROP "
                                           f"was made from a {info.image_size[1]}x{info.image_size[0]} image.",
                                     "connect the image that went into Face Crop as 'reference'.")
-    ref = reference.detach().cpu()
-    if ref.dtype != torch.float32:
-        ref = ref.float()
+    ref = reference.detach().float().cpu()     # warped and blended by OpenCV on the CPU; the outputs go back below
     _, h, w, c = ref.shape
     # output k: (reference image, [crop items pasted into it])
     jobs = [(0, [0])] * n_face if broadcast else \
@@ -230,15 +200,13 @@ def paste_back(node: str, reference: torch.Tensor, face_crop: FaceCrop, face: to
     seams = torch.zeros((len(jobs), h, w), dtype=torch.float32)
     notes = []
     for j, (k, items) in enumerate(jobs):
-        images[j].copy_(ref[k].expand(h, w, images.shape[-1]))
+        images[j].copy_(with_channels(ref[k], images.shape[-1]))
         for i in items:
-            f = face[j if broadcast else i].detach().float().cpu()
-            if f.shape[-1] == 1:
-                f = f.expand(*f.shape[:-1], 3)
-            f = np.ascontiguousarray(f[..., :3].numpy())
+            f = rgb_numpy(face[j if broadcast else i])
             notes.append(paste_into(images[j], masks[j], seams[j], ref[k], face_crop[i], f, analyzer, align, mask_type,
                                     int(grow), int(feather), int(seam_width), color))
-    return images, masks, seams, notes
+    dev = reference.device
+    return images.to(dev), masks.to(dev), seams.to(dev), notes
 
 
 class PasteBackNode:

@@ -1,9 +1,8 @@
 """Thin helpers over ComfyUI's own sampling, shared by the three diffusion stages.
 
-Everything goes through ComfyUI: ``comfy.samplers.KSampler`` for sigma schedules, ``comfy.sample.prepare_noise``
-for seeded noise, ``comfy.sample.sample_custom`` (what KSamplerAdvanced runs) for the denoising loops, the stock
-ControlNetApplyAdvanced node for ControlNets and ``latent_preview`` for previews, so seeds, samplers, schedulers,
-previews and model management behave exactly as with KSampler.
+Everything goes through ComfyUI: the KSampler's sampler and scheduler lists, ``comfy.sample.prepare_noise`` for
+seeded noise, the stock ControlNetApplyAdvanced node for ControlNets and ``latent_preview`` for previews, so seeds,
+samplers, schedulers, previews and model management behave exactly as with KSampler.
 """
 from __future__ import annotations
 
@@ -12,10 +11,6 @@ import torch
 from . import comfy_compat, families
 from .common import MegaPortraitError
 from .families import describe_context_dim
-
-# samplers whose steps depend only on the current latent and sigmas (no history, no random noise): a run can be
-# split at any step and continued with the same result, which lets two branches share model passes
-SPLITTABLE_SAMPLERS = ("euler", "heun", "dpm_2", "ddim")
 
 
 def sampler_names() -> list[str]:
@@ -54,19 +49,6 @@ def sampling_kind(model_sampling) -> str:
     return "discrete" if "ModelSamplingDiscrete" in names else "continuous"
 
 
-def schedule(model, sampler_name: str, scheduler: str, steps: int) -> torch.Tensor:
-    """The sigmas KSampler would use for ``steps`` steps at denoise 1 (on the CPU)."""
-    import comfy.samplers
-    ks = comfy.samplers.KSampler(comfy_compat.ksampler_model(model), steps=steps, device=model.load_device, sampler=sampler_name,
-                                 scheduler=scheduler, denoise=1.0, model_options=model.model_options)
-    return ks.sigmas.detach().float().cpu()
-
-
-def branch_steps(steps: int, denoise: float) -> int:
-    """How many of ``steps`` a branch with ``denoise`` runs (the last ones), as KSamplerAdvanced's start_at_step."""
-    return int(round(steps * min(max(float(denoise), 0.0), 1.0)))
-
-
 def prepare_noise(latent: dict, seed: int) -> torch.Tensor:
     import comfy.sample
     return comfy.sample.prepare_noise(latent["samples"], seed, latent.get("batch_index"))
@@ -99,20 +81,6 @@ class Progress:
             self.done = start + step + 1
             self.pbar.update_absolute(min(self.done, self.total), self.total, preview)
         return cb
-
-
-def sample_segment(model, noise: torch.Tensor, latent_image: torch.Tensor, sigmas: torch.Tensor, positive, negative,
-                   cfg: float, sampler_name: str, seed: int, noise_mask: torch.Tensor | None = None,
-                   callback=None) -> torch.Tensor:
-    """Denoise along ``sigmas`` with ComfyUI's sampler (as KSamplerAdvanced does for a slice of a schedule)."""
-    import comfy.sample
-    import comfy.samplers
-    import comfy.utils
-    sampler = comfy.samplers.sampler_object(sampler_name)
-    out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
-                                     noise_mask=noise_mask, callback=callback,
-                                     disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    return out.to(latent_image.device if latent_image.device.type == "cpu" else out.device)
 
 
 def encode(node: str, vae, image: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .common import CATEGORY, MegaPortraitError, check_choice, check_number, log
-from .face_analysis import FaceAnalyzer, to_uint8_rgb
+from .face_analysis import FaceAnalyzer
+from .image_ops import resize, rgb, to_uint8_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -57,15 +58,6 @@ def is_face_crop(h: int, w: int, resolution: int, wanted: tuple[float, float, fl
     cx, cy, side = wanted
     tol = CROP_TOLERANCE * h
     return abs(min(side, h) - h) <= tol and abs(cx - w / 2) <= tol and abs(cy - h / 2) <= tol
-
-
-def resize_square(img: torch.Tensor, resolution: int) -> torch.Tensor:
-    """[H, W, C] square -> [R, R, C] (area when shrinking, bicubic when enlarging)."""
-    x = img.permute(2, 0, 1)[None]
-    mode = "area" if img.shape[0] >= resolution else "bicubic"
-    kw = {} if mode == "area" else {"align_corners": False}
-    out = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode=mode, **kw)
-    return out[0].permute(1, 2, 0).clamp(0, 1)
 
 
 IDENTITY_CHECKS = ("error if not one person", "warn and go on")
@@ -128,13 +120,12 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
     Without ``analyzer``, photos whose centred square would be enlarged more than MAX_ENLARGE times are refused.
     With ``analyzer`` and ``identity_check`` (one of IDENTITY_CHECKS), photos whose face is not the person the
     others show are named (see :func:`check_one_person`); ``names`` labels the photos in messages."""
+    if identity_check and analyzer is not None:
+        analyzer.require_embeddings(node, f"identity_check ('{identity_check}': do the photos show one person?)")
     out, missing, tiny, kept = [], [], [], 0
     embeddings: dict[int, np.ndarray] = {}
     for i, p in enumerate(photos):
-        p = p.float()
-        if p.shape[-1] == 1:
-            p = p.expand(*p.shape[:-1], 3)
-        p = p[..., :3]
+        p = rgb(p.float())
         h, w = p.shape[:2]
         box = None
         if analyzer is not None:
@@ -160,7 +151,7 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
             if analyzer is None and resolution / box[2] > MAX_ENLARGE:
                 tiny.append(f"{i} ({w}x{h} px)")
         x0, y0, s = box
-        out.append(resize_square(p[y0:y0 + s, x0:x0 + s], resolution))
+        out.append(resize(p[None, y0:y0 + s, x0:x0 + s], resolution, resolution)[0])   # area / bicubic
     problems = []
     if missing:
         problems.append(f"no face was found in photo(s) {', '.join(map(str, missing))}")
@@ -207,7 +198,7 @@ def augment(photos: torch.Tensor, target: int, seed: int = 0) -> torch.Tensor:
         center = torch.tensor([[r / 2, r / 2]])
         m = kt.get_rotation_matrix2d(center, angle[None], torch.stack([zoom, zoom])[None])
         m[0, :, 2] += shift
-        warped = kt.warp_affine(src, m, (r, r), mode="bicubic", padding_mode="reflection")
+        warped = kt.warp_affine(src, m.to(src.device), (r, r), mode="bicubic", padding_mode="reflection")
         bright = 1.0 + (u[4] * 2 - 1) * 0.06
         contrast = 1.0 + (u[5] * 2 - 1) * 0.06
         mean = warped.mean()

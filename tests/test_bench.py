@@ -32,13 +32,14 @@ def test_markdown_tables_for_every_section():
                 {"name": "plain peft loop", "value": 0.25, "ratio": 2.0}, {"name": "TrainLoraNode", "note": "n/a"}]},
             {"op": "weights", "unit": "MB", "ours": 10.0, "refs": [{"name": "TrainLoraNode", "value": 40.0, "ratio": 0.25}]}]},
         {"section": "faces", "machine": m, "rows": [{"op": "detect faces", "size": "1 Mpx (1280x800)", "faces": 46,
-                                                      "ours_found": 46, "ours_s": 0.5, "old_found": 0, "old_s": 0.05}]},
+                                                      "ours_found": 46, "ours_s": 0.5, "old_found": 0, "old_s": 0.05,
+                                                      "upright_found": 45, "upright_s": 0.25}]},
         {"section": "pipeline", "error": "boom"},
     ]
     md = run.to_markdown(results, "now")
     assert "| light map | 512 px | 10.0 ms | 20.0 ms | 0.50x |" in md
     assert "| dual | SD | 64x64 | 1.00 s | 2.00 s (two KSamplers) | 0.50x |" in md
-    assert "| detect faces | 1 Mpx (1280x800) | 46 | 46 | 500.0 ms | 0 | 50.0 ms |" in md
+    assert "| detect faces | 1 Mpx (1280x800) | 46 | 46 | 500.0 ms | 0 | 50.0 ms | 45 | 250.0 ms |" in md
     assert "| measurement | ours | plain peft loop | ratio | TrainLoraNode | ratio |" in md
     assert "| seconds per step | 500.0 ms | 250.0 ms | 2.00x | n/a | - |" in md
     assert "| weights | 10 MB | - | - | 40 MB | 0.25x |" in md

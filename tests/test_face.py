@@ -12,11 +12,11 @@ from conftest import EXAMPLES, image_tensor
 
 @pytest.fixture(scope="module")
 def F(pack):
-    from comfyui_megaportrait.nodes import face_analysis, face_crop, paste_back
+    from comfyui_megaportrait.nodes import align, face_analysis, face_crop, paste_back
     from comfyui_megaportrait.nodes.common import MegaPortraitError
 
     class NS:
-        fa, fc, pb, Error = face_analysis, face_crop, paste_back, MegaPortraitError
+        fa, fc, pb, al, Error = face_analysis, face_crop, paste_back, align, MegaPortraitError
     return NS
 
 
@@ -273,8 +273,8 @@ def test_68_point_crop_round_trip(F, grace):
     crops, fc = F.fc.face_crop("t", fa68, grace, 512)
     assert fc[0].kind == "dlib68" and fc[0].landmarks.shape == (68, 2)
     # all 68 points fitted: they sit on their template to within the face's own shape (a few px at 512)
-    tpl = F.fc.template_to_crop(F.fa.template("dlib68"), 512, 0.25)
-    assert np.linalg.norm(F.fc.transform_points(fc[0].matrix, fc[0].landmarks) - tpl, axis=1).mean() < 8
+    tpl = F.al.template_to_crop(F.al.template("dlib68"), 512, 0.25)
+    assert np.linalg.norm(F.al.transform_points(fc[0].matrix, fc[0].landmarks) - tpl, axis=1).mean() < 8
     out, mask, _, notes = F.pb.paste_back("t", grace, fc, crops, fa68, color="none")
     assert notes == ["aligned on re-detected landmarks"]
     assert (out - grace)[0][mask[0] > 0].abs().mean().item() <= 2 / 255
