@@ -284,4 +284,3 @@ def _pad8(x: torch.Tensor) -> torch.Tensor:
 
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitHarmonize": Harmonize}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitHarmonize": "Harmonize (MegaPortrait)"}

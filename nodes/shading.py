@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import comfy_compat
-from .common import CATEGORY, MegaPortraitError, check_choice, check_image, check_number
+from .common import CATEGORY, TITLES, MegaPortraitError, check_choice, check_image, check_number
 from .sampling import apply_controlnet, check_controlnet, decode, encode, is_flux_controlnet, latent_zeros, sampling_inputs
 
 
@@ -79,7 +79,7 @@ class ShadingSampler:
     def sample(self, model, positive, negative, vae, light_map, hf_map, light_control_net, hf_control_net,
                light_strength, light_start, light_end, hf_strength, hf_start, hf_end, seed, steps, cfg, sampler_name,
                scheduler, denoise, init_image=None, init_latent=None):
-        node = "Shading Sampler"
+        node = TITLES["MegaPortraitShadingSampler"]
         nums = {k: check_number(node, k, v, 0.0, hi) for k, v, hi in (
             ("light_strength", light_strength, 10.0), ("light_start", light_start, 1.0), ("light_end", light_end, 1.0),
             ("hf_strength", hf_strength, 10.0), ("hf_start", hf_start, 1.0), ("hf_end", hf_end, 1.0),
@@ -183,7 +183,7 @@ class UnionControlNetMode:
         }}
 
     def set_mode(self, control_net, mode):
-        node = "Union ControlNet Mode"
+        node = TITLES["MegaPortraitUnionControlNetMode"]
         check_choice(node, "mode", mode, MODE_NAMES)
         kind = union_kind(control_net)
         if kind is None:
@@ -203,5 +203,3 @@ class UnionControlNetMode:
 
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitShadingSampler": ShadingSampler, "MegaPortraitUnionControlNetMode": UnionControlNetMode}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitShadingSampler": "Shading ControlNet Sampler (MegaPortrait)",
-                              "MegaPortraitUnionControlNetMode": "Union ControlNet Mode (MegaPortrait)"}

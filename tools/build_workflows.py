@@ -471,6 +471,17 @@ def _flux_full(spec) -> Graph:
     return g
 
 
+def _who_is_who(g: Graph, fa: Node, res: int) -> None:
+    """Group photo: which of Face Crop's faces is the LoRA's person (Select Best Identity against the source photos)."""
+    crop = next(n for n in g.nodes if getattr(n, "type", None) == "MegaPortraitFaceCrop")
+    photos = g.add("MegaPortraitLoadSourcePhotos", "Source photos (the LoRA's person)", (X[1], 420),
+                   "Identity Net: training", folder="megaportrait_source", filenames="", resolution=res, face_scale=2.2,
+                   min_photos=0, seed=0, face_analysis=fa.out(0))
+    best = g.add("MegaPortraitSelectBestIdentity", "Which face is the person", (X[2], 1250), "Reference face",
+                 face_analysis=fa.out(0), source=photos.out(0), candidates=crop.out(0))
+    g.add("PreviewImage", "Most similar face", (X[2], 1500), "Reference face", images=best.out(0))
+
+
 def build_all(spec) -> dict:
     graphs = {}
     for family, res in (("sd15", 512), ("sdxl", 1024)):
@@ -504,6 +515,7 @@ def build_all(spec) -> dict:
     fa, lora = _analysis_and_saved_lora(g, ckpt)
     _pipeline(g, "sd15", lora.out(0), lora.out(1), vae, fa, tile, detail, inpaint, 512, None, reference="group_photo.png",
               selection="every face (left to right)", min_face_size=32)
+    _who_is_who(g, fa, res=512)
     g.note("MegaPortrait on a group photo: every face gets the identity of one LoRA.\n\nLoad the group photo as the "
            "reference. Face Crop's selection 'every face (left to right)' makes a batch of crops (faces under "
            "min_face_size or cut by the border are left out); 'every face matching identity' with photos on its "
