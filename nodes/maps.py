@@ -20,7 +20,17 @@ import math
 
 import torch
 
-from .common import CATEGORY, TITLES, MegaPortraitError, bchw_to_bhwc, bhwc_to_bchw, check_choice, check_image, check_mask, check_number
+from .common import (
+    CATEGORY,
+    TITLES,
+    MegaPortraitError,
+    bchw_to_bhwc,
+    bhwc_to_bchw,
+    check_choice,
+    check_image,
+    check_mask,
+    check_number,
+)
 
 FILTERS = ("gaussian", "box")
 SIGMA_MODES = ("relative to 512 px", "pixels")
