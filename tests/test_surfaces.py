@@ -287,3 +287,122 @@ def test_newer_frontend_shows_help_pages_and_thumbnails(frontend, models_dir, tm
         check_surfaces_in_browser(srv)
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------------------------ the Comfy Registry
+def _comfy_cli():
+    import shutil
+    import sys
+    exe = shutil.which("comfy", path=os.path.join(sys.prefix, "bin")) or shutil.which("comfy")
+    if exe is None:
+        pytest.skip("comfy-cli is not installed (tests/requirements-0.33.txt installs it into the 0.33 host's venv)")
+    return exe
+
+
+def _checkout_copy(dest) -> str:
+    """The repository's git-tracked files (as they are in the working tree) in a fresh git checkout at ``dest``:
+    what `comfy node pack` archives is decided by git, and the test must not write into the repository."""
+    import shutil
+    import subprocess
+    r = subprocess.run(["git", "-C", REPO, "ls-files", "-z"], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("the repository is not a git checkout (comfy node pack archives git-tracked files)")
+    for rel in filter(None, r.stdout.decode().split("\0")):
+        src = os.path.join(REPO, rel)
+        if os.path.isfile(src):
+            os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, rel))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-C", str(dest)]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    return str(dest)
+
+
+def _run_cli(exe, cwd, *args):
+    import subprocess
+    env = dict(os.environ, HOME=str(cwd))        # comfy-cli keeps its config in the home folder
+    return subprocess.run([exe, "--skip-prompt", "--no-enable-telemetry", "node", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_pyproject_reads_as_the_registry_reads_it():
+    """[tool.comfy] and [project.urls] through comfy-cli's own parser: nothing dropped, the icon and banner ship."""
+    pytest.importorskip("comfy_cli", reason="comfy-cli is installed for the 0.33 host only (tests/requirements-0.33.txt)")
+    from comfy_cli.registry.config_parser import extract_node_configuration
+    cfg = extract_node_configuration(os.path.join(REPO, "pyproject.toml"))
+    repo_url = cfg.project.urls.repository
+    assert repo_url.startswith("https://github.com/")
+    assert cfg.project.urls.issues.startswith(repo_url) and cfg.project.urls.documentation.startswith(repo_url)
+    assert cfg.project.supported_comfyui_version == ">=0.0.1"
+    assert cfg.project.version and cfg.tool_comfy.publisher_id and cfg.tool_comfy.display_name
+    raw = repo_url.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    for url in (cfg.tool_comfy.icon, cfg.tool_comfy.banner_url):
+        assert url.startswith(raw), url
+        assert os.path.isfile(os.path.join(REPO, url[len(raw):])), f"{url} is not a file of the pack"
+
+
+def test_comfy_node_validate_passes(tmp_path):
+    exe = _comfy_cli()
+    repo = _checkout_copy(tmp_path / "pack")
+    r = _run_cli(exe, repo, "validate")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "All validation checks passed" in out and "Warning" not in out and "Security warnings" not in out, out
+
+
+@pytest.mark.server
+def test_packed_archive_installs_and_runs(tmp_path, models_dir):
+    """`comfy node pack`'s archive: it holds what users need (no tests, bench, CI or build tools), and unpacked into
+    a fresh ComfyUI's custom_nodes/ it loads every node and runs the smoke workflow (tiny models)."""
+    import shutil
+    import zipfile
+
+    import comfy_harness
+    import comfy_server
+    import runner
+    import tiny_models
+    from conftest import COMFY_ROOT, MODEL_KINDS, TOOLS, pack_node_names
+    exe = _comfy_cli()
+    repo = _checkout_copy(tmp_path / "pack")
+    r = _run_cli(exe, repo, "pack")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with zipfile.ZipFile(os.path.join(repo, "node.zip")) as z:
+        names = z.namelist()
+        for must in ("__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "nodes/common.py",
+                     "web/docs/MegaPortraitHFMap.md", "web/docs/MegaPortraitHFMap/zh.md", "web/icon.png",
+                     "locales/zh/nodeDefs.json", "workflows/megaportrait_full.json", "workflows/megaportrait_full.jpg",
+                     "tools/runner.py", "example_inputs/astronaut.png"):
+            assert must in names, must
+        for name in names:
+            assert not name.startswith((".ci/", "bench/", "tests/test_", "tools/build_", "tools/setup_env")), name
+        assert len(names) == len(set(names)), "files twice in the archive"
+        installed = tmp_path / "fresh" / "comfyui-megaportrait"
+        z.extractall(installed)
+    if not os.path.exists(os.path.join(models_dir, "checkpoints", tiny_models.CKPT_NAME)):
+        comfy_harness.import_comfy(COMFY_ROOT)
+        tiny_models.write_all(models_dir)
+    env = {"OMP_NUM_THREADS": "1", "MEGAPORTRAIT_MODELS_FIRST": models_dir}
+    if comfy_harness.needs_stubs(COMFY_ROOT):
+        env["PYTHONPATH"] = comfy_harness.STUBS + os.pathsep + os.environ.get("PYTHONPATH", "")
+    srv = comfy_server.ComfyServer(COMFY_ROOT, workdir=str(tmp_path / "srv"), with_pack=False,
+                                   models={k: os.path.join(models_dir, k) for k in MODEL_KINDS},
+                                   custom_nodes=[str(installed), os.path.join(TOOLS, "tiny_registry")],
+                                   extra_env=env, extra_args=["--cpu"]).start()
+    try:
+        info = srv.client.object_info()
+        assert all(n in info for n in pack_node_names())
+        src = os.path.join(srv.input_dir, "megaportrait_source", "archive")
+        os.makedirs(src, exist_ok=True)
+        shutil.copy(os.path.join(str(installed), "example_inputs", "astronaut.png"), src)
+        for name in os.listdir(os.path.join(str(installed), "example_inputs")):
+            if name.endswith((".png", ".jpg")):
+                shutil.copy(os.path.join(str(installed), "example_inputs", name), srv.input_dir)
+        with open(os.path.join(str(installed), "workflows", "api", "megaportrait_full.json")) as f:
+            prompt = runner.smoke_workflow(json.load(f))
+        for nid in runner.nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos"):
+            prompt[nid]["inputs"]["folder"] = "megaportrait_source/archive"
+        hist = srv.client.run(prompt, timeout=600)
+        assert hist["status"]["status_str"] == "success", json.dumps(hist["status"])[:2000]
+        assert any("portrait" in e["filename"] for e in comfy_server.outputs_of(hist) if e.get("type") == "output")
+    finally:
+        srv.stop()

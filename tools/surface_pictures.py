@@ -181,4 +181,20 @@ def draw_all(repo: str) -> list:
          os.path.join(wf, "megaportrait_group.jpg"), THUMB[0])
     save(_card(p.source_grid(), "MegaPortrait: train identity", "SD1.5 · source photos -> identity LoRA"),
          os.path.join(wf, "megaportrait_train.jpg"), THUMB[0])
+    # the Comfy Registry's icon (square) and banner, shipped in the pack (pyproject.toml [tool.comfy] Icon, Banner)
+    tiles = [p.src_face, p.src_light, p.hf_edges, p.recombined]
+    icon = Image.new("RGB", (400, 400), (24, 26, 30))
+    for i, t in enumerate(tiles):
+        icon.paste(Image.fromarray(_u8(t)).resize((196, 196), Image.LANCZOS), (2 + 200 * (i % 2), 2 + 200 * (i // 2)))
+    path = os.path.join(repo, "web", "icon.png")
+    icon.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    written.append(os.path.relpath(path, repo))
+    banner = Image.new("RGB", (1260, 540), (24, 26, 30))
+    strip = pipeline.resize((1220, round(pipeline.height * 1220 / pipeline.width)), Image.LANCZOS)
+    banner.paste(strip, (20, 40))
+    d = ImageDraw.Draw(banner)
+    d.text((24, 40 + strip.height + 30), "MegaPortrait for ComfyUI", fill=(255, 255, 255), font=_font(56))
+    d.text((24, 40 + strip.height + 100), "identity LoRA · light and HF maps · shading ControlNets · paste-back · harmonization",
+           fill=(200, 210, 230), font=_font(26))
+    save(banner, os.path.join(repo, "web", "banner.jpg"), 1260)
     return written
