@@ -406,3 +406,139 @@ def test_packed_archive_installs_and_runs(tmp_path, models_dir):
         assert any("portrait" in e["filename"] for e in comfy_server.outputs_of(hist) if e.get("type") == "output")
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------------------------ subgraph blueprints
+BLUEPRINT_DIR = os.path.join(REPO, "subgraphs")
+
+
+def test_blueprints_are_up_to_date_and_cut_from_the_full_workflow(comfy):
+    """subgraphs/*.json come from tools/build_workflows.py's description of megaportrait_full: the five modules, every
+    node of the full workflow is in one module or stays a plain node, and the definitions are those the
+    blueprint-built workflow uses."""
+    import build_workflows as bw
+    spec = bw.comfy_spec()
+    files = bw.render_blueprints(spec)
+    assert sorted(files) == sorted(f"subgraphs/{n}.json" for n in bw.BLUEPRINTS)
+    assert sorted(os.listdir(BLUEPRINT_DIR)) == sorted(f"{n}.json" for n in bw.BLUEPRINTS), "stray files in subgraphs/"
+    for rel, text in files.items():
+        with open(os.path.join(REPO, rel), encoding="utf-8") as f:
+            assert f.read() == text, f"{rel} is stale: run python tools/build_workflows.py"
+    outer, subs, _inst = bw.split_into_blueprints(bw.build_all(spec)[bw.BLUEPRINT_SOURCE])
+    full = json.load(open(os.path.join(REPO, "workflows", "megaportrait_full.json")))
+    inner = [n["id"] for s in subs.values() for n in s["nodes"]]
+    plain = [n["id"] for n in outer["nodes"] if n["type"] in comfy.nodes.NODE_CLASS_MAPPINGS or n["type"] == "Note"]
+    assert sorted(inner + plain) == sorted(n["id"] for n in full["nodes"])
+    for name, sub in subs.items():
+        with open(os.path.join(BLUEPRINT_DIR, f"{name}.json"), encoding="utf-8") as f:
+            shipped = json.load(f)
+        assert shipped["definitions"]["subgraphs"] == [json.loads(json.dumps(sub))]
+        node = shipped["nodes"][0]
+        assert node["type"] == sub["id"] and node["properties"]["proxyWidgets"], name
+        ids = {str(n["id"]): n for n in sub["nodes"]}
+        for nid, widget in node["properties"]["proxyWidgets"]:     # every promoted widget exists on its inner node
+            spec_in = comfy.nodes.NODE_CLASS_MAPPINGS[ids[nid]["type"]].INPUT_TYPES()
+            assert widget in {**spec_in["required"], **spec_in.get("optional", {})}, (name, nid, widget)
+
+
+def canonical(prompt: dict, object_info: dict) -> dict:
+    """An API prompt keyed by node title (ids differ: the frontend names a subgraph's nodes '<outer>:<inner>'), with the
+    inputs the node declares (the old frontend also sends LoadImage's upload button)."""
+    title = {k: v["_meta"]["title"] for k, v in prompt.items()}
+    assert len(set(title.values())) == len(title), "titles are not unique"
+    out = {}
+    for k, v in prompt.items():
+        spec = object_info[v["class_type"]]["input"]
+        known = set(spec.get("required", {})) | set(spec.get("optional", {}))
+        inputs = {n: ([title[x[0]], x[1]] if isinstance(x, list) and len(x) == 2 and x[0] in title else x)
+                  for n, x in v["inputs"].items() if n in known}
+        out[title[k]] = {"class_type": v["class_type"], "inputs": inputs}
+    return out
+
+
+BLUEPRINT_JS = """(async () => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+  const store = pinia._s.get('nodeDef');
+  let library = [];
+  for (let i = 0; i < 120; i++) {
+    const all = store.allNodeDefsByName || store.nodeDefsByName;
+    library = Object.values(all).filter(d => d.name.startsWith('SubgraphBlueprint.')
+                                        && /\\(MegaPortrait\\)$/.test(d.display_name)).map(d => d.display_name);
+    if (library.length >= %d) break;
+    await sleep(250);
+  }
+  await app.loadGraphData(%s);
+  const p = await app.graphToPrompt();
+  return JSON.stringify({library, output: p.output});
+})()"""
+
+
+def check_blueprints_in_browser(srv, outer: dict, names: list) -> dict:
+    import browser
+    if browser.find_chromium() is None:
+        pytest.fail("chromium is not installed: tests/run_tests.sh installs Debian's chromium package")
+    b = browser.Browser()
+    try:
+        b.navigate(srv.url + "/")
+        b.wait_for("!!(window.app && window.app.graph && window.LiteGraph && document.querySelector('#vue-app') && "
+                   "Object.keys(LiteGraph.registered_node_types).includes('MegaPortraitHFMap'))", timeout=120)
+        res = json.loads(b.eval(BLUEPRINT_JS % (len(names), json.dumps(outer)), await_promise=True))
+    finally:
+        b.close()
+    assert sorted(res["library"]) == sorted(names), "the node library does not list the five blueprints"
+    info = srv.client.object_info()
+    with open(os.path.join(REPO, "workflows", "api", "megaportrait_full.json")) as f:
+        full = json.load(f)
+    assert canonical(res["output"], info) == canonical(full, info)
+    return res["output"]
+
+
+def _blueprint_workflow(comfy):
+    import build_workflows as bw
+    spec = bw.comfy_spec()
+    outer, _subs, _inst = bw.split_into_blueprints(bw.build_all(spec)[bw.BLUEPRINT_SOURCE])
+    return outer, list(bw.BLUEPRINTS)
+
+
+@pytest.mark.server
+def test_blueprints_in_the_node_library_and_the_blueprint_workflow_runs(server, comfy):
+    """0.33's pinned frontend: /global_subgraphs lists the five blueprints, the node library shows them, a workflow
+    built from them gives the full workflow's API prompt, and that prompt runs via /prompt with the tiny models."""
+    import comfy_server
+    import runner
+    if not _current():
+        pytest.skip("the early-2024 host has no subgraphs (/global_subgraphs: ComfyUI 0.3+)")
+    code, listing = server.client.request("/global_subgraphs")
+    assert code == 200
+    ours = sorted(v["name"] for v in listing.values() if v["info"]["node_pack"] == f"custom_nodes.{PACK_URL}")
+    outer, names = _blueprint_workflow(comfy)
+    assert ours == sorted(names)
+    prompt = check_blueprints_in_browser(server, outer, names)
+    src = os.path.join(server.input_dir, "megaportrait_source", "blueprints")
+    os.makedirs(src, exist_ok=True)
+    import shutil
+    shutil.copy(os.path.join(REPO, "example_inputs", "astronaut.png"), src)
+    prompt = runner.smoke_workflow(prompt)
+    for nid in runner.nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos"):
+        prompt[nid]["inputs"]["folder"] = "megaportrait_source/blueprints"
+    hist = server.client.run(prompt, timeout=600)
+    assert hist["status"]["status_str"] == "success", json.dumps(hist["status"])[:2000]
+    assert any("portrait" in e["filename"] for e in comfy_server.outputs_of(hist) if e.get("type") == "output")
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("frontend", _extra_frontends() or [None],
+                         ids=lambda p: "none" if p is None else os.path.basename(os.path.dirname(os.path.dirname(p))))
+def test_newer_frontend_shows_the_blueprints(frontend, comfy, models_dir, tmp_path_factory):
+    from conftest import start_server
+    if not _current():
+        pytest.skip("the early-2024 host has no subgraphs (/global_subgraphs: ComfyUI 0.3+)")
+    if frontend is None:
+        pytest.skip("no newer frontend named in MEGAPORTRAIT_EXTRA_FRONTENDS (tests/run_tests.sh sets it)")
+    outer, names = _blueprint_workflow(comfy)
+    srv = start_server(str(tmp_path_factory.mktemp("blueprints")), models_dir, ["--front-end-root", frontend])
+    try:
+        check_blueprints_in_browser(srv, outer, names)
+    finally:
+        srv.stop()
