@@ -484,6 +484,19 @@ def check_blueprints_in_browser(srv, outer: dict, names: list) -> dict:
         b.wait_for("!!(window.app && window.app.graph && window.LiteGraph && document.querySelector('#vue-app') && "
                    "Object.keys(LiteGraph.registered_node_types).includes('MegaPortraitHFMap'))", timeout=120)
         res = json.loads(b.eval(BLUEPRINT_JS % (len(names), json.dumps(outer)), await_promise=True))
+        shot = os.environ.get("MEGAPORTRAIT_BLUEPRINT_SCREENSHOT")     # README's picture (web/docs/asset/blueprints.jpg)
+        if shot:
+            import time
+
+            from test_workflows import FIT_GRAPH_JS
+            b.eval("(async () => { document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia"
+                   "._s.get('rightSidePanel')?.closePanel();"
+                   " await app.extensionManager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 0);"
+                   " for (const t of document.querySelectorAll('.p-toast, [class*=minimap]')) t.style.display = 'none';"
+                   " })()", await_promise=True)
+            b.eval(FIT_GRAPH_JS)
+            time.sleep(1.0)
+            b.screenshot(shot)
     finally:
         b.close()
     assert sorted(res["library"]) == sorted(names), "the node library does not list the five blueprints"

@@ -696,8 +696,11 @@ def split_into_blueprints(g: Graph) -> tuple:
                  definitions={"subgraphs": [subs[m] for m in names]})
     for i, n in enumerate(outer["nodes"]):
         n["order"] = i
-    for k, m in enumerate(names):
-        inst[m]["pos"] = [X[1] + 440 * (k + 1), 0]
+    for k, m in enumerate(names):            # one column per module, left to right, after the reference face's
+        inst[m]["pos"] = [X[3] + 440 * k, 0]
+    for n in members:
+        if n["type"] == "MegaPortraitFaceSimilarity":
+            n["pos"] = [X[6], 500]
     return outer, subs, inst
 
 
