@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 
 from . import deps
-from .common import log
+from .common import display_name, log
 
 STAGE_MODULES = ("face_analysis", "face_crop", "source_photos", "identity_lora", "identity_sampler", "maps",
                  "shading", "paste_back", "harmonize")
@@ -36,6 +36,6 @@ for _name in STAGE_MODULES:
                   "ComfyUI's Python)", _name, _e)
         continue
     NODE_CLASS_MAPPINGS.update(_mod.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_mod.NODE_DISPLAY_NAME_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update({k: display_name(k) for k in _mod.NODE_CLASS_MAPPINGS})   # common.TITLES
 
 MISSING_OPTIONAL = deps.report()

@@ -14,6 +14,33 @@ import torch
 CATEGORY = "MegaPortrait"
 log = logging.getLogger("MegaPortrait")
 
+# One title per node, keyed by node class: the UI shows "<title> (MegaPortrait)" (NODE_DISPLAY_NAME_MAPPINGS), errors
+# say "[MegaPortrait <title>]" (the ``node`` of MegaPortraitError), and the help pages (web/docs/) and translations
+# (locales/) are generated from the same table by tools/build_surfaces.py.
+TITLES = {
+    "MegaPortraitFaceAnalysisLoader": "Face Analysis Loader",
+    "MegaPortraitFaceSimilarity": "Face Similarity",
+    "MegaPortraitSelectBestIdentity": "Select Best Identity",
+    "MegaPortraitFaceCrop": "Face Crop",
+    "MegaPortraitLoadSourcePhotos": "Load Source Photos",
+    "MegaPortraitIdentityLoraTrainer": "Identity LoRA Trainer",
+    "MegaPortraitLoadIdentityLora": "Load Identity LoRA",
+    "MegaPortraitDualStrengthIdentitySampler": "Dual-Strength Identity Sampler",
+    "MegaPortraitLightMap": "Light Map",
+    "MegaPortraitHFMap": "HF Map",
+    "MegaPortraitRecombineMaps": "Recombine Maps",
+    "MegaPortraitShadingSampler": "Shading ControlNet Sampler",
+    "MegaPortraitShadingSamplerModelPatch": "Shading Fun ControlNet Sampler",
+    "MegaPortraitUnionControlNetMode": "Union ControlNet Mode",
+    "MegaPortraitPasteBack": "Paste Back",
+    "MegaPortraitHarmonize": "Harmonize",
+}
+
+
+def display_name(class_name: str) -> str:
+    """The name ComfyUI shows for a node class (its title, marked as this pack's)."""
+    return f"{TITLES[class_name]} (MegaPortrait)"
+
 
 class MegaPortraitError(ValueError):
     """A user-facing error: names the node, says what is wrong and how to fix it.

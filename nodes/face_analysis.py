@@ -697,8 +697,3 @@ NODE_CLASS_MAPPINGS = {
     "MegaPortraitFaceSimilarity": FaceSimilarity,
     "MegaPortraitSelectBestIdentity": SelectBestIdentity,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "MegaPortraitFaceAnalysisLoader": "Face Analysis Loader (MegaPortrait)",
-    "MegaPortraitFaceSimilarity": "Face Similarity (MegaPortrait)",
-    "MegaPortraitSelectBestIdentity": "Select Best Identity (MegaPortrait)",
-}

@@ -291,4 +291,3 @@ class FaceCropNode:
 
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitFaceCrop": FaceCropNode}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitFaceCrop": "Face Crop (MegaPortrait)"}

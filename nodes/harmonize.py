@@ -226,4 +226,3 @@ class Harmonize:
 
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitHarmonize": Harmonize}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitHarmonize": "Harmonize (MegaPortrait)"}

@@ -271,7 +271,3 @@ NODE_CLASS_MAPPINGS = {
     "MegaPortraitIdentityLoraTrainer": IdentityLoraTrainer,
     "MegaPortraitLoadIdentityLora": LoadIdentityLora,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "MegaPortraitIdentityLoraTrainer": "Identity LoRA Trainer (MegaPortrait)",
-    "MegaPortraitLoadIdentityLora": "Load Identity LoRA (MegaPortrait)",
-}

@@ -21,7 +21,7 @@ import math
 import torch
 
 from . import comfy_compat
-from .common import CATEGORY, MegaPortraitError, check_bool, check_image, check_number
+from .common import CATEGORY, TITLES, MegaPortraitError, check_bool, check_image, check_number
 from .sampling import Progress, apply_controlnet, check_controlnet, decode, encode, prepare_noise, sampling_inputs, sampling_kind
 
 LOCKSTEP_SAMPLERS = ("euler", "ddim", "heun", "dpmpp_2m")
@@ -212,7 +212,7 @@ class DualStrengthIdentitySampler:
     def sample(self, model, positive, negative, vae, image, seed, steps, cfg, sampler_name, scheduler, reference_denoise,
                source_denoise, reference_model=None, latent=None, control_net=None, control_image=None,
                control_strength=0.5, control_start=0.0, control_end=1.0, share_passes=True):
-        node = "Dual-Strength Identity Sampler"
+        node = TITLES["MegaPortraitDualStrengthIdentitySampler"]
         cfg = check_number(node, "cfg", cfg, 0.0, 100.0)
         reference_denoise = check_number(node, "reference_denoise", reference_denoise, 0.0, 1.0)
         source_denoise = check_number(node, "source_denoise", source_denoise, 0.0, 1.0)
@@ -244,4 +244,3 @@ class DualStrengthIdentitySampler:
 
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitDualStrengthIdentitySampler": DualStrengthIdentitySampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitDualStrengthIdentitySampler": "Dual-Strength Identity Sampler (MegaPortrait)"}

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .common import CATEGORY, MegaPortraitError, check_choice, check_image, check_mask, check_number
+from .common import CATEGORY, TITLES, MegaPortraitError, check_choice, check_image, check_mask, check_number
 from .image_ops import bchw_to_bhwc, bhwc_to_bchw
 
 FILTERS = ("gaussian", "box")
@@ -283,7 +283,7 @@ class LightMap:
         return _map_inputs()
 
     def run(self, image, sigma, sigma_mode, filter_type, mask=None):
-        image, mask, sigma = _checked("Light Map", image, sigma, sigma_mode, filter_type, mask)
+        image, mask, sigma = _checked(TITLES["MegaPortraitLightMap"], image, sigma, sigma_mode, filter_type, mask)
         return (light_map(image, sigma, mode=sigma_mode, filter_type=filter_type, mask=mask),)
 
 
@@ -309,11 +309,12 @@ class HFMap:
         return types
 
     def run(self, image, sigma, sigma_mode, filter_type, gain, mask=None, encoding="signed"):
-        image, mask, sigma = _checked("HF Map", image, sigma, sigma_mode, filter_type, mask)
-        gain = check_number("HF Map", "gain", gain)
+        node = TITLES["MegaPortraitHFMap"]
+        image, mask, sigma = _checked(node, image, sigma, sigma_mode, filter_type, mask)
+        gain = check_number(node, "gain", gain)
         if gain <= 0:
-            raise MegaPortraitError("HF Map", f"gain is {gain}; it must be > 0.", "use a gain such as 1.0.")
-        check_choice("HF Map", "encoding", encoding, ENCODINGS)
+            raise MegaPortraitError(node, f"gain is {gain}; it must be > 0.", "use a gain such as 1.0.")
+        check_choice(node, "encoding", encoding, ENCODINGS)
         return hf_map(image, sigma, gain, encoding, mode=sigma_mode, filter_type=filter_type, mask=mask)
 
 
@@ -336,7 +337,7 @@ class RecombineMaps:
         }}
 
     def run(self, light_map, hf_map, gain):
-        node = "Recombine Maps"
+        node = TITLES["MegaPortraitRecombineMaps"]
         light = check_image(node, light_map, "light_map")
         hf = check_image(node, hf_map, "hf_map").to(light.device, light.dtype)
         if light.shape[1:] != hf.shape[1:]:
@@ -355,9 +356,4 @@ NODE_CLASS_MAPPINGS = {
     "MegaPortraitLightMap": LightMap,
     "MegaPortraitHFMap": HFMap,
     "MegaPortraitRecombineMaps": RecombineMaps,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "MegaPortraitLightMap": "Light Map (MegaPortrait)",
-    "MegaPortraitHFMap": "HF Map (MegaPortrait)",
-    "MegaPortraitRecombineMaps": "Recombine Light + HF Maps (MegaPortrait)",
 }

@@ -265,4 +265,3 @@ class PasteBackNode:
 
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitPasteBack": PasteBackNode}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitPasteBack": "Paste Back (MegaPortrait)"}

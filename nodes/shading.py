@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import comfy_compat, families
-from .common import CATEGORY, MegaPortraitError, check_choice, check_image, check_number
+from .common import CATEGORY, TITLES, MegaPortraitError, check_choice, check_image, check_number
 from .sampling import (
     apply_controlnet,
     apply_model_patch,
@@ -90,7 +90,7 @@ class ShadingSampler:
     def sample(self, model, positive, negative, vae, light_map, hf_map, light_control_net, hf_control_net,
                light_strength, light_start, light_end, hf_strength, hf_start, hf_end, seed, steps, cfg, sampler_name,
                scheduler, denoise, init_image=None, init_latent=None):
-        node = "Shading Sampler"
+        node = TITLES["MegaPortraitShadingSampler"]
         light, hf, cfg, denoise = _check_numbers(node, light_strength, light_start, light_end, hf_strength, hf_start,
                                                  hf_end, cfg, denoise)
         light_map, hf_map, latent, denoise = _start_latent(node, model, vae, light_map, hf_map, denoise, init_image,
@@ -208,7 +208,7 @@ class ShadingSamplerModelPatch:
     def sample(self, model, positive, negative, vae, light_map, hf_map, light_model_patch, hf_model_patch,
                light_strength, light_start, light_end, hf_strength, hf_start, hf_end, seed, steps, cfg, sampler_name,
                scheduler, denoise, init_image=None, init_latent=None):
-        node = "Shading Sampler (model patches)"
+        node = TITLES["MegaPortraitShadingSamplerModelPatch"]
         light, hf, cfg, denoise = _check_numbers(node, light_strength, light_start, light_end, hf_strength, hf_start,
                                                  hf_end, cfg, denoise)
         for name, patch in (("light_model_patch", light_model_patch), ("hf_model_patch", hf_model_patch)):
@@ -272,7 +272,7 @@ class UnionControlNetMode:
         }}
 
     def set_mode(self, control_net, mode):
-        node = "Union ControlNet Mode"
+        node = TITLES["MegaPortraitUnionControlNetMode"]
         check_choice(node, "mode", mode, MODE_NAMES)
         kind = union_kind(control_net)
         if kind is None:
@@ -293,6 +293,3 @@ class UnionControlNetMode:
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitShadingSampler": ShadingSampler, "MegaPortraitUnionControlNetMode": UnionControlNetMode,
                        "MegaPortraitShadingSamplerModelPatch": ShadingSamplerModelPatch}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitShadingSampler": "Shading ControlNet Sampler (MegaPortrait)",
-                              "MegaPortraitShadingSamplerModelPatch": "Shading Fun ControlNet Sampler (MegaPortrait)",
-                              "MegaPortraitUnionControlNetMode": "Union ControlNet Mode (MegaPortrait)"}

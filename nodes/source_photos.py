@@ -15,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-from .common import CATEGORY, MegaPortraitError, check_choice, check_number, log
+from .common import CATEGORY, TITLES, MegaPortraitError, check_choice, check_number, log
 from .face_analysis import FaceAnalyzer
 from .image_ops import resize, rgb, to_uint8_rgb
 
@@ -298,7 +298,7 @@ class LoadSourcePhotos:
 
     def load(self, folder, filenames, resolution, face_scale, min_photos, seed, face_analysis=None,
              identity_check=IDENTITY_CHECKS[0]):
-        node = "Load Source Photos"
+        node = TITLES["MegaPortraitLoadSourcePhotos"]
         import folder_paths
         face_scale = check_number(node, "face_scale", face_scale, 1.0, 8.0)
         check_choice(node, "identity_check", identity_check, IDENTITY_CHECKS)
@@ -318,7 +318,7 @@ class LoadSourcePhotos:
 
 
 def _list_files(base: str, folder: str, filenames: str, strict: bool) -> list[str]:
-    node = "Load Source Photos"
+    node = TITLES["MegaPortraitLoadSourcePhotos"]
     paths = []
     if folder and folder.strip():
         d = safe_input_path(node, base, folder)
@@ -341,4 +341,3 @@ def _list_files(base: str, folder: str, filenames: str, strict: bool) -> list[st
 
 
 NODE_CLASS_MAPPINGS = {"MegaPortraitLoadSourcePhotos": LoadSourcePhotos}
-NODE_DISPLAY_NAME_MAPPINGS = {"MegaPortraitLoadSourcePhotos": "Load Source Photos (MegaPortrait)"}

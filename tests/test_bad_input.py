@@ -376,9 +376,9 @@ CASES = [
     Case("dual_steps_string", g_dual(steps="ten"), INVALID, "2", ("steps",)),
     Case("dual_denoise_zero", g_dual(reference_denoise=0.0), OK),
     # --- shading sampler
-    Case("shading_denoise_nan", g_shading(denoise=NAN), OURS, "Shading Sampler", ("denoise",)),
-    Case("shading_strength_nan", g_shading(light_strength=NAN), OURS, "Shading Sampler", ("light_strength",)),
-    Case("shading_maps_mixed_sizes", g_shading(hf_image=empty(128, 128)), OURS, "Shading Sampler", ("hf_map",)),
+    Case("shading_denoise_nan", g_shading(denoise=NAN), OURS, "Shading ControlNet Sampler", ("denoise",)),
+    Case("shading_strength_nan", g_shading(light_strength=NAN), OURS, "Shading ControlNet Sampler", ("light_strength",)),
+    Case("shading_maps_mixed_sizes", g_shading(hf_image=empty(128, 128)), OURS, "Shading ControlNet Sampler", ("hf_map",)),
     Case("union_mode_on_a_single_purpose_controlnet", g_shading(light_control_net=["7", 0], extra_nodes={
         "7": {"class_type": "MegaPortraitUnionControlNetMode", "inputs": {"control_net": ["6", 0], "mode": "tile"}}}),
         OURS, "Union ControlNet Mode", ("not a union ControlNet",)),
@@ -388,7 +388,7 @@ CASES = [
     # --- shading with model-patch controls (Z-Image Fun ControlNets; ModelPatchLoader is ComfyUI 0.33's)
     Case("shading_patch_given_a_controlnet", g_shading_patch(), INVALID, "2", ("mismatch",)),
     *([Case("shading_patch_on_an_sd_model", g_shading_patch({"class_type": "ModelPatchLoader", "inputs": {
-        "name": "tiny_zimage_fun_tile.safetensors"}}), OURS, "Shading Sampler (model patches)",
+        "name": "tiny_zimage_fun_tile.safetensors"}}), OURS, "Shading Fun ControlNet Sampler",
         ("sd1.x", "control_net", "shading controlnet sampler"))] if NEW_HOST else []),
     # --- harmonize (nodes/harmonize.py)
     Case("harmonize_inpaint_model_not_inpainting", g_harmonize(inpaint_model=["10", 0]), OURS, "Harmonize",
@@ -558,6 +558,9 @@ def test_matrix_is_large_and_covers_every_node(pack):
         used |= {n["class_type"] for n in g.values()}
     missing = set(pack.NODE_CLASS_MAPPINGS) - used
     assert not missing, f"no bad-input case for {sorted(missing)}"
+    # errors say the node's one title (nodes/common.py TITLES: the UI's display name without " (MegaPortrait)")
+    titles = set(pack.nodes.common.TITLES.values())
+    assert not {c.node for c in CASES if c.expect in (OURS, CLEAR, REFUSED) and c.node} - titles
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -553,8 +553,9 @@ def test_runner_set_overrides():
 
 
 def test_workflows_folder_holds_only_what_users_drag():
-    """ComfyUI serves a pack's workflows/ folder as templates over HTTP: only the UI files, their API forms and the
-    screenshot live there (the runner and the tools are in tools/)."""
+    """ComfyUI serves a pack's workflows/ folder as templates over HTTP: only the UI files, their thumbnails
+    (<name>.jpg, shown by the template browser), their API forms and the screenshot live there (the runner and the
+    tools are in tools/)."""
     found = []
     for root, dirs, files in os.walk(WF_DIR):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
@@ -562,5 +563,5 @@ def test_workflows_folder_holds_only_what_users_drag():
     assert found
     for rel in found:
         parts = rel.split(os.sep)
-        assert (len(parts) == 1 and rel.endswith((".json", ".png"))) or (parts[0] == "api" and len(parts) == 2
+        assert (len(parts) == 1 and rel.endswith((".json", ".png", ".jpg"))) or (parts[0] == "api" and len(parts) == 2
                                                                          and rel.endswith(".json")), rel

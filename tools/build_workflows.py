@@ -488,6 +488,17 @@ def _flux_full(spec) -> Graph:
     return g
 
 
+def _who_is_who(g: Graph, fa: Node, res: int) -> None:
+    """Group photo: which of Face Crop's faces is the LoRA's person (Select Best Identity against the source photos)."""
+    crop = next(n for n in g.nodes if getattr(n, "type", None) == "MegaPortraitFaceCrop")
+    photos = g.add("MegaPortraitLoadSourcePhotos", "Source photos (the LoRA's person)", (X[1], 420),
+                   "Identity Net: training", folder="megaportrait_source", filenames="", resolution=res, face_scale=2.2,
+                   min_photos=0, seed=0, face_analysis=fa.out(0))
+    best = g.add("MegaPortraitSelectBestIdentity", "Which face is the person", (X[2], 1250), "Reference face",
+                 face_analysis=fa.out(0), source=photos.out(0), candidates=crop.out(0))
+    g.add("PreviewImage", "Most similar face", (X[2], 1500), "Reference face", images=best.out(0))
+
+
 def build_all(spec) -> dict:
     graphs = {}
     for family, res in (("sd15", 512), ("sdxl", 1024)):
@@ -521,6 +532,7 @@ def build_all(spec) -> dict:
     fa, lora = _analysis_and_saved_lora(g, ckpt)
     _pipeline(g, "sd15", lora.out(0), lora.out(1), vae, fa, tile, detail, inpaint, 512, None, reference="group_photo.png",
               selection="every face (left to right)", min_face_size=32)
+    _who_is_who(g, fa, res=512)
     g.note("MegaPortrait on a group photo: every face gets the identity of one LoRA.\n\nLoad the group photo as the "
            "reference. Face Crop's selection 'every face (left to right)' makes a batch of crops (faces under "
            "min_face_size or cut by the border are left out); 'every face matching identity' with photos on its "
@@ -541,6 +553,188 @@ def build_all(spec) -> dict:
            "The LoRA lands in models/loras/megaportrait/.", (X[0], 300), (NODE_W, 160), "Models")
     graphs[g.name] = g
     return graphs
+
+
+# ----------------------------------------------------------------------------------- subgraph blueprints
+# The paper's five modules as subgraph blueprints (subgraphs/*.json, listed by ComfyUI 0.3+ at /global_subgraphs and
+# shown in the frontend's node library), cut out of the full SD1.5 workflow above: the same nodes, links and values, so
+# the two cannot drift. The widgets an artist tweaks are promoted onto the blueprint node (properties.proxyWidgets).
+BLUEPRINT_SOURCE = "megaportrait_full"
+BLUEPRINTS = {   # name: (the widgets shown on the blueprint node: (inner node title, widget))
+    "Identity Net (MegaPortrait)": (("Identity LoRA Trainer", "trigger_word"), ("Identity LoRA Trainer", "steps"),
+                                    ("Identity LoRA Trainer", "rank"), ("Identity LoRA Trainer", "learning_rate"),
+                                    ("Positive prompt (keep the trigger word)", "text"),
+                                    ("Dual-Strength Identity Sampler", "reference_denoise"),
+                                    ("Dual-Strength Identity Sampler", "source_denoise"),
+                                    ("Dual-Strength Identity Sampler", "seed")),
+    "Light and HF Maps (MegaPortrait)": (("Light map (of the reference-like face)", "sigma"),
+                                         ("HF map, edges (ControlNet hint)", "gain")),
+    "Shading Net (MegaPortrait)": (("Shading ControlNet Sampler", "light_strength"),
+                                   ("Shading ControlNet Sampler", "hf_strength"), ("Shading ControlNet Sampler", "hf_end"),
+                                   ("Shading ControlNet Sampler", "denoise"), ("Shading ControlNet Sampler", "seed")),
+    "Face Paste-back (MegaPortrait)": (("Paste Back", "feather"), ("Paste Back", "seam_width"),
+                                       ("Paste Back", "color_match")),
+    "Harmonization Net (MegaPortrait)": (("Harmonize", "denoise"), ("Harmonize", "grow"), ("Harmonize", "feather")),
+}
+BLUEPRINT_DESCRIPTIONS = {
+    "Identity Net (MegaPortrait)": "Source photos -> identity LoRA -> prompts -> dual-strength pair (reference-like, "
+                                   "source-like re-renders of the face crop).",
+    "Light and HF Maps (MegaPortrait)": "Light map of the reference-like face, HF maps of the source-like face, and their "
+                                        "recombination.",
+    "Shading Net (MegaPortrait)": "Re-renders the face under two ControlNets: the light map and the HF map.",
+    "Face Paste-back (MegaPortrait)": "Landmark-aligned paste-back of the re-rendered face, face and seam masks.",
+    "Harmonization Net (MegaPortrait)": "Masked inpainting over the seam, and the saved portrait.",
+}
+# nodes that stay outside every module: the models, the shared face analysis, the reference and its crop, the check
+OUTSIDE = ("CheckpointLoaderSimple", "VAELoader", "ControlNetLoader", "MegaPortraitFaceAnalysisLoader", "LoadImage",
+           "MegaPortraitFaceCrop", "MegaPortraitFaceSimilarity", "Note")
+
+
+def module_of(node) -> str | None:
+    """Which blueprint a node of the full workflow belongs to (None: it stays a plain node)."""
+    if isinstance(node, Note) or node.type in OUTSIDE:
+        return None
+    if node.group in ("Identity Net: training", "Identity Net: dual-strength", "Reference face"):
+        return "Identity Net (MegaPortrait)"
+    if node.group == "Light and HF maps":
+        return "Light and HF Maps (MegaPortrait)"
+    if node.group == "Shading Net":
+        return "Shading Net (MegaPortrait)"
+    if node.type == "MegaPortraitPasteBack":
+        return "Face Paste-back (MegaPortrait)"
+    if node.group == "Paste-back, Harmonization Net":
+        return "Harmonization Net (MegaPortrait)"
+    return None
+
+
+def _subgraph_id(name: str) -> str:
+    import uuid
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"megaportrait/subgraphs/{name}"))   # stable across rebuilds
+
+
+def split_into_blueprints(g: Graph) -> tuple:
+    """(the outer workflow: plain nodes + one node per module, {name: subgraph definition}, {name: its node in the
+    outer workflow}) of a graph."""
+    import copy
+    import uuid
+    ui = g.to_ui()
+    by_id = {n["id"]: copy.deepcopy(n) for n in ui["nodes"]}
+    module = {n.id: module_of(n) for n in g.nodes}
+    for n in by_id.values():
+        for i in n.get("inputs", []):
+            i["link"] = None
+        for o in n.get("outputs", []):
+            o["links"] = []
+    names = [m for m in BLUEPRINTS if m in set(module.values())]
+    inst_id = {m: max(by_id) + 1 + i for i, m in enumerate(names)}
+    subs = {m: {"id": _subgraph_id(m), "version": 1, "state": {"lastGroupId": 0, "lastNodeId": 0, "lastLinkId": 0,
+                                                               "lastRerouteId": 0},
+                "revision": 0, "config": {}, "name": m, "inputNode": {"id": -10, "bounding": [-400, 0, 120, 60]},
+                "outputNode": {"id": -20, "bounding": [3200, 0, 120, 60]}, "inputs": [], "outputs": [], "widgets": [],
+                "nodes": [], "groups": [], "links": [], "extra": {}, "category": "MegaPortrait",
+                "description": BLUEPRINT_DESCRIPTIONS[m]} for m in names}
+    outer_links, counters = [], {None: 0, **{m: 0 for m in names}}
+    inputs_of, outputs_of = {m: {} for m in names}, {m: {} for m in names}
+    inst = {m: {"id": inst_id[m], "type": subs[m]["id"], "pos": [0, 0], "size": [NODE_W, 200], "flags": {}, "order": 0,
+                "mode": 0, "inputs": [], "outputs": [], "properties": {"proxyWidgets": []}, "widgets_values": [],
+                "title": m} for m in names}
+
+    def link(m, src, sslot, dst, dslot, typ):
+        counters[m] += 1
+        lid = counters[m]
+        if m is None:
+            outer_links.append([lid, src, sslot, dst, dslot, typ])
+            nodes = {**by_id, **{inst_id[k]: v for k, v in inst.items()}}
+        else:
+            sub = subs[m]
+            sub["links"].append({"id": lid, "origin_id": src, "origin_slot": sslot, "target_id": dst,
+                                 "target_slot": dslot, "type": typ})
+            nodes = by_id
+            if src == -10:
+                sub["inputs"][sslot]["linkIds"].append(lid)
+            if dst == -20:
+                sub["outputs"][dslot]["linkIds"].append(lid)
+        if src in nodes:
+            nodes[src]["outputs"][sslot]["links"].append(lid)
+        if dst in nodes:
+            nodes[dst]["inputs"][dslot]["link"] = lid
+
+    def slot(table, m, key, name, typ, kind):
+        if key not in table[m]:
+            sub = subs[m]
+            taken = {e["name"] for e in sub[kind]}
+            nm, k = name, 2
+            while nm in taken:
+                nm, k = f"{name}_{k}", k + 1
+            sub[kind].append({"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{m}/{kind}/{nm}")), "name": nm, "type": typ,
+                              "linkIds": []})
+            io = {"name": nm, "type": typ}
+            inst[m][kind].append({**io, "link": None} if kind == "inputs" else {**io, "links": []})
+            table[m][key] = len(sub[kind]) - 1
+            return table[m][key], True
+        return table[m][key], False
+
+    done_outer = set()
+    for _lid, src, sslot, dst, dslot, typ in ui["links"]:
+        ms, md = module[src], module[dst]
+        if ms == md:
+            link(ms, src, sslot, dst, dslot, typ)
+            continue
+        o_src, o_sslot = src, sslot
+        if ms is not None:
+            name = by_id[src]["outputs"][sslot]["name"]
+            if name.isupper():          # a type name (CLIPTextEncode's CONDITIONING): say what it is for
+                name = by_id[dst]["inputs"][dslot]["name"]
+            k, new = slot(outputs_of, ms, (src, sslot), name, typ, "outputs")
+            if new:
+                link(ms, src, sslot, -20, k, typ)
+            o_src, o_sslot = inst_id[ms], k
+        o_dst, o_dslot = dst, dslot
+        if md is not None:
+            k, new = slot(inputs_of, md, (o_src, o_sslot), by_id[dst]["inputs"][dslot]["name"], typ, "inputs")
+            link(md, -10, k, dst, dslot, typ)
+            o_dst, o_dslot = inst_id[md], k
+            if not new:
+                continue
+        if (o_src, o_sslot, o_dst, o_dslot) not in done_outer:
+            done_outer.add((o_src, o_sslot, o_dst, o_dslot))
+            link(None, o_src, o_sslot, o_dst, o_dslot, typ)
+    title_id = {n["title"]: n["id"] for n in by_id.values() if "title" in n}
+    for m in names:
+        sub = subs[m]
+        sub["nodes"] = [by_id[i] for i in sorted(by_id) if module[i] == m]
+        sub["state"].update(lastNodeId=max(n["id"] for n in sub["nodes"]), lastLinkId=counters[m])
+        inst[m]["properties"]["proxyWidgets"] = [[str(title_id[t]), w] for t, w in BLUEPRINTS[m]]
+        inst[m]["size"] = [NODE_W, 60 + 24 * max(len(inst[m]["inputs"]), len(inst[m]["outputs"]))
+                           + 24 * len(BLUEPRINTS[m])]
+    members = [n for i, n in sorted(by_id.items()) if module[i] is None]
+    outer = dict(ui, nodes=members + [inst[m] for m in names], links=outer_links, groups=[],
+                 last_node_id=max(inst_id.values()), last_link_id=counters[None],
+                 definitions={"subgraphs": [subs[m] for m in names]})
+    for i, n in enumerate(outer["nodes"]):
+        n["order"] = i
+    for k, m in enumerate(names):            # one column per module, left to right, after the reference face's
+        inst[m]["pos"] = [X[3] + 440 * k, 0]
+    for n in members:
+        if n["type"] == "MegaPortraitFaceSimilarity":
+            n["pos"] = [X[6], 500]
+    return outer, subs, inst
+
+
+def render_blueprints(spec) -> dict:
+    """{relative path (to the repository): JSON text} of subgraphs/*.json: one workflow per module, holding one node of
+    that blueprint and its definition (the format of ComfyUI's own blueprints/)."""
+    g = build_all(spec)[BLUEPRINT_SOURCE]
+    _outer, subs, inst = split_into_blueprints(g)
+    out = {}
+    for m, sub in subs.items():
+        node = dict(inst[m], id=1, pos=[0, 0], order=0)
+        node["inputs"] = [dict(i, link=None) for i in node["inputs"]]
+        node["outputs"] = [dict(o, links=[]) for o in node["outputs"]]
+        wf = {"revision": 0, "last_node_id": 1, "last_link_id": 0, "nodes": [node], "links": [], "version": 0.4,
+              "definitions": {"subgraphs": [sub]}, "extra": {}}
+        out[f"subgraphs/{m}.json"] = json.dumps(wf, indent=1) + "\n"
+    return out
 
 
 # --------------------------------------------------------------------------------------------- ComfyUI glue
@@ -598,9 +792,11 @@ def main(argv=None) -> int:
     if why:
         print(f"skipped {FLUX_NAME} (left as it is): {why}; generate and check it on a ComfyUI with Flux support, "
               "e.g. MEGAPORTRAIT_COMFYUI=.host/ComfyUI-0.33 .venv-0.33/bin/python tools/build_workflows.py")
+    files = {os.path.join(WF_DIR, rel): text for rel, text in files.items()}
+    files.update({os.path.join(REPO, rel): text for rel, text in render_blueprints(spec).items()})
     stale = []
-    for rel, text in files.items():
-        path = os.path.join(WF_DIR, rel)
+    for path, text in files.items():
+        rel = os.path.relpath(path, WF_DIR)
         old = open(path).read() if os.path.exists(path) else None
         if old != text:
             stale.append(rel)

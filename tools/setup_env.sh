@@ -89,6 +89,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 REQS=("$REPO/requirements.txt" "$REPO/tools/host-requirements.txt")
 [[ $WITH_TEST == 1 ]] && REQS+=("$REPO/tests/requirements.txt")
+[[ $WITH_TEST == 1 && $HOST_KIND == 0.33 ]] && REQS+=("$REPO/tests/requirements-0.33.txt")   # comfy-cli
 if [[ $HOST_KIND == 0.33 ]]; then
     # ComfyUI's own requirements without torch (pinned above) and the torch packages with no CPU build for this
     # torch (the tests put stand-ins on the path); spandrel is installed without its torchvision dependency
