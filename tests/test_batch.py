@@ -17,7 +17,7 @@ def write_people(tmp_path):
     b.mkdir(parents=True)
     with Image.open(os.path.join(EXAMPLES, "astronaut.png")) as im:
         im.convert("RGB").rotate(2).save(a / "c1.png")
-        im.convert("RGB").transpose(Image.FLIP_LEFT_RIGHT).save(a / "c2.png")
+        im.convert("RGB").rotate(-3).resize((480, 480)).save(a / "c2.png")
     with Image.open(os.path.join(EXAMPLES, "grace_hopper.jpg")) as im:
         im.convert("RGB").rotate(-2).save(b / "h1.png")
     refs = tmp_path / "refs"
@@ -39,7 +39,7 @@ GOOD = """
     workflow: megaportrait_full
     smoke: true
     threshold: 0.6
-    set: {"Identity LoRA Trainer.steps": 4}
+    set: {"Identity LoRA Trainer.steps": 4, "Identity LoRA Trainer.resolution": 128, "Source photos.resolution": 128}
     people:
       - name: collins
         photos: photos/collins
@@ -64,7 +64,7 @@ def test_manifest_reads_people_references_and_settings(tmp_path):
     assert [os.path.basename(f) for f in m.people[0].photos] == ["c1.png", "c2.png"]
     assert m.people[1].photos == [str(tmp_path / "photos/hopper/h1.png")] and m.people[1].sets == {"Identity LoRA Trainer.seed": 3}
     assert [r.name for r in m.references] == ["navy", "nasa"] and m.references[1].sets == {"Harmonize.denoise": 0.4}
-    assert m.threshold == 0.6 and m.smoke and m.sets == {"Identity LoRA Trainer.steps": 4}
+    assert m.threshold == 0.6 and m.smoke and m.sets["Identity LoRA Trainer.steps"] == 4
     assert m.out == str(tmp_path / "batch_output")
     # smoke: the tiny models are in the workflow
     assert m.prompt["1"]["inputs"]["ckpt_name"] != "Realistic_Vision_V5.1_fp16-no-ema.safetensors"
@@ -126,3 +126,175 @@ def test_manifest_bad_files(tmp_path, text, line, want):
     with pytest.raises(bm.ManifestError) as ei:
         bm.load_manifest(write_manifest(tmp_path, text))
     assert any(ln == line and want in msg for ln, msg in ei.value.problems), ei.value.problems
+
+
+# ------------------------------------------------------------------------------------------------ batch runs
+def loras(models_dir) -> dict:
+    root = os.path.join(models_dir, "loras", "megaportrait", "batch")
+    return {os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns
+            for r, _, fs in os.walk(root) for f in fs if f.endswith(".safetensors")}
+
+
+def report_of(out) -> dict:
+    import json
+    with open(os.path.join(out, "batch_report.json")) as f:
+        return json.load(f)
+
+
+def run_batch_cli(capsys, *args):
+    import runner
+    code = runner.main(list(args))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def make_batch(tmp_path, angle: float, extra_refs: str = "") -> str:
+    """A 2 x 2 smoke batch whose photos no other test uses (rotated by ``angle``): new identity LoRAs."""
+    write_people(tmp_path)
+    for folder in ("collins", "hopper"):
+        for f in (tmp_path / "photos" / folder).iterdir():
+            with Image.open(f) as im:
+                im.rotate(angle).save(f)
+    return write_manifest(tmp_path, GOOD.replace("    references:\n", "    references:\n" + extra_refs))
+
+
+def check_complete(report, out, people=("collins", "hopper"), refs=("navy", "nasa")):
+    assert set(report["trainings"]) == set(people) and all(t["status"] == "ok" for t in report["trainings"].values())
+    assert set(report["jobs"]) == {f"{p}/{r}" for p in people for r in refs}
+    for jid, job in report["jobs"].items():
+        assert job["status"] == "ok", (jid, job)
+        assert job["files"] and all(os.path.isfile(os.path.join(out, f)) for f in job["files"])
+        assert job["portrait"].startswith(jid.replace("/", os.sep) + os.sep) and "portrait" in job["portrait"]
+        with Image.open(os.path.join(out, job["portrait"])) as im:
+            assert im.size[0] > 0
+        d = job["identity_distance"]
+        assert d is None or 0 <= d < 5
+        assert job["flagged"] == (d is None or d >= 0.6)
+        assert "backend: dlib" in job["identity_report"] or "no face" in job["identity_report"]
+
+
+@pytest.mark.server
+def test_batch_over_prompt_trains_once_and_reruns_nothing(server, models_dir, tmp_path, capsys):
+    m = make_batch(tmp_path, 4)
+    out = str(tmp_path / "batch_output")
+    before = loras(models_dir)
+    code, stdout, err = run_batch_cli(capsys, "--batch", m, "--server", server.url)
+    assert code == 0, err
+    report = report_of(out)
+    assert stdout.strip() == os.path.join(out, "batch_report.json")
+    check_complete(report, out)
+    trained = loras(models_dir)
+    new = set(trained) - set(before)
+    assert len(new) == 2 and {os.path.basename(p).split("_")[0] for p in new} == {"collins", "hopper"}
+    assert sorted(report["this_run"]["trained"]) == ["collins", "hopper"] and len(report["this_run"]["rendered"]) == 4
+    assert report["summary"] == {"jobs": 4, "ok": 4, "failed": 0, "flagged": report["summary"]["flagged"],
+                                 "trainings_ok": 2}
+    assert "batch: 2 people x 2 references" in err and "4/4 jobs ok" in err
+    assert "it/s]" in err or "job/s]" in err or "s/job]" in err          # tqdm's bar
+    # the contact sheet: one row per person, one cell per reference with its distance and flag
+    html = open(os.path.join(out, "contact_sheet.html")).read()
+    for person in ("collins", "hopper"):
+        for ref in ("navy", "nasa"):
+            job = report["jobs"][f"{person}/{ref}"]
+            cls = "flag" if job["flagged"] else "ok"
+            assert f'<td class="{cls}" data-job="{person}/{ref}">' in html
+            if job["identity_distance"] is not None:
+                assert f"distance {job['identity_distance']:.3f}" in html
+    assert html.count('class="source"') == 3           # collins 2 photos, hopper 1
+    sheet = Image.open(os.path.join(out, "contact_sheet.png")).convert("RGB")
+    assert sheet.size == (160 * (2 + 2), 190 * 3)
+    import numpy as np
+    arr = np.asarray(sheet)
+    for i, person in enumerate(("collins", "hopper")):
+        for j, ref in enumerate(("navy", "nasa")):
+            want = (214, 39, 40) if report["jobs"][f"{person}/{ref}"]["flagged"] else (44, 160, 44)
+            x0, y0 = (2 + j) * 160, (i + 1) * 190
+            assert tuple(arr[y0 + 2, x0 + 80]) == want        # the cell's border colour
+    # a rerun: everything skipped, nothing trained or written
+    code, _, err = run_batch_cli(capsys, "--batch", m, "--server", server.url)
+    assert code == 0, err
+    again = report_of(out)
+    assert again["this_run"]["trained"] == [] and again["this_run"]["rendered"] == []
+    assert sorted(again["this_run"]["skipped"]) == sorted(["collins", "hopper", *report["jobs"]])
+    assert loras(models_dir) == trained
+    # a changed setting for one reference redoes exactly that reference's jobs (new content keys), no training
+    m2 = write_manifest(tmp_path, GOOD.replace('"Harmonize.denoise": 0.4', '"Harmonize.denoise": 0.45'))
+    code, _, err = run_batch_cli(capsys, "--batch", m2, "--server", server.url, "--out", out)
+    assert code == 0, err
+    third = report_of(out)
+    assert sorted(third["this_run"]["rendered"]) == ["collins/nasa", "hopper/nasa"] and third["this_run"]["trained"] == []
+    assert loras(models_dir) == trained
+
+
+@pytest.mark.server
+def test_batch_failing_job_others_finish(server, models_dir, tmp_path, capsys):
+    """A reference without a face fails its jobs with Face Crop's message; the others finish; exit code 2."""
+    write_people(tmp_path)
+    Image.new("RGB", (256, 256), (120, 140, 160)).save(tmp_path / "refs" / "wall.png")
+    m = write_manifest(tmp_path, """
+        smoke: true
+        set: {"Identity LoRA Trainer.resolution": 128, "Source photos.resolution": 128}
+        people:
+          - name: collins
+            photos: photos/collins
+        references:
+          - name: wall
+            image: refs/wall.png
+          - name: navy
+            image: refs/navy.png
+    """)
+    code, _, err = run_batch_cli(capsys, "--batch", m, "--server", server.url)
+    assert code == 2, err
+    report = report_of(str(tmp_path / "batch_output"))
+    assert report["jobs"]["collins/navy"]["status"] == "ok"
+    bad = report["jobs"]["collins/wall"]
+    assert bad["status"] == "failed" and "MegaPortraitFaceCrop" in bad["error"] and "no face" in bad["error"]
+    assert report["summary"]["failed"] == 1 and "failed collins/wall: MegaPortraitFaceCrop" in err
+    html = open(str(tmp_path / "batch_output" / "contact_sheet.html")).read()
+    assert '<td class="failed" data-job="collins/wall">' in html and "no face" in html
+
+
+@pytest.mark.server
+def test_batch_killed_half_way_resumes_without_retraining(server, models_dir, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+    m = make_batch(tmp_path, -4)
+    out = str(tmp_path / "batch_output")
+    before = loras(models_dir)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(EXAMPLES), "tools", "runner.py"),
+                             "--batch", m, "--server", server.url], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    done = []
+    try:
+        while time.time() - t0 < 300 and proc.poll() is None:
+            try:
+                done = [j for j, e in report_of(out)["jobs"].items() if e["status"] == "ok"]
+            except (OSError, ValueError):
+                pass
+            if len(done) >= 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.wait(30)
+    assert len(done) in (2, 3), "the batch was not killed half-way"
+    killed = report_of(out)
+    trained = loras(models_dir)
+    assert len(set(trained) - set(before)) == 2             # both LoRAs were trained before the kill
+    code, _, err = run_batch_cli(capsys, "--batch", m, "--server", server.url)
+    assert code == 0, err
+    report = report_of(out)
+    check_complete(report, out)
+    run = report["this_run"]
+    ok_before = {j for j, e in killed["jobs"].items() if e["status"] == "ok"}
+    assert run["trained"] == [] and set(run["skipped"]) == ok_before | {"collins", "hopper"}
+    assert set(run["rendered"]) == set(report["jobs"]) - ok_before          # only the missing jobs ran
+    assert loras(models_dir) == trained                                      # nothing retrained or rewritten
+    # a job caught after its submission (its id in the report) is collected, not submitted again
+    for j, e in killed["jobs"].items():
+        if e["status"] == "submitted":
+            assert j in run["attached"] and report["jobs"][j]["job_id"] == e["job_id"]

@@ -146,6 +146,24 @@ def _check_sets(node: _Node | None, prompt: dict, where: str, problems: list) ->
     return out
 
 
+def training_nodes(prompt: dict) -> set:
+    """The identity LoRA trainer, every node it depends on, and the SaveImage nodes fed by the trainer alone (its
+    loss curve): the part of the workflow that phase 1 of a batch runs once per person."""
+    keep: set = set()
+    todo = runner.nodes_of_type(prompt, "MegaPortraitIdentityLoraTrainer")
+    while todo:
+        nid = todo.pop()
+        if nid in keep:
+            continue
+        keep.add(nid)
+        todo += [v[0] for v in prompt[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2 and v[0] in prompt]
+    for nid, n in prompt.items():
+        links = [v[0] for v in n["inputs"].values() if isinstance(v, list) and len(v) == 2 and v[0] in prompt]
+        if n["class_type"] == "SaveImage" and links and set(links) <= keep:
+            keep.add(nid)
+    return keep
+
+
 def _as_text(value) -> str:
     import json
     return value if isinstance(value, str) else json.dumps(value)
@@ -308,6 +326,13 @@ def load_manifest(path: str) -> Manifest:
             if bad:
                 problems.append((im.line, f"{where}image: {bad}"))
         rsets = _check_sets(entry.value.get("set"), prompt, where, problems) if prompt is not None else {}
+        if rsets:
+            train = training_nodes(prompt)
+            for k in rsets:
+                who = k.rsplit(".", 1)[0]
+                if set(runner.nodes_titled(prompt, who) or runner.nodes_of_type(prompt, who)) & train:
+                    problems.append((entry.value["set"].line, f"{where}set '{k}': '{who}' is part of the identity "
+                                     "training, which is the same for every reference; set it for the person or the batch"))
         if name and image:
             references.append(Reference(name, image, rsets, entry.line))
 
