@@ -298,3 +298,92 @@ def test_batch_killed_half_way_resumes_without_retraining(server, models_dir, tm
     for j, e in killed["jobs"].items():
         if e["status"] == "submitted":
             assert j in run["attached"] and report["jobs"][j]["job_id"] == e["job_id"]
+
+
+# ------------------------------------------------------------------------------------------------ Comfy API v2
+@pytest.fixture(scope="module")
+def proxy(server, tmp_path_factory):
+    """comfy-api-proxy (Comfy API v2) on 127.0.0.1 in front of the test ComfyUI server."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import comfy_server
+    from conftest import COMFY_ROOT
+    if not comfy_server.is_current_comfyui(COMFY_ROOT):
+        pytest.skip("comfy-api-proxy hands ComfyUI the prompt_id of each job; the early-2024 ComfyUI ignores it and "
+                    "assigns its own, so the proxy never finds its jobs (ComfyUI 0.33 takes it)")
+    for mod in ("comfy_api_proxy", "comfy_sdk"):
+        pytest.importorskip(mod, reason=f"{mod} is not installed (tests/requirements.txt)")
+    port = comfy_server.free_port()
+    log = open(tmp_path_factory.mktemp("proxy") / "proxy.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "comfy_api_proxy.cli", "run", "--comfyui", server.url,
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/api/v2/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.time() - t0 < 60, "comfy-api-proxy did not start"
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(15)
+    log.close()
+
+
+def proxy_jobs(url) -> list:
+    import json
+    import urllib.request
+    with urllib.request.urlopen(url + "/api/v2/jobs?limit=100", timeout=10) as r:
+        return json.load(r)["jobs"]
+
+
+@pytest.mark.server
+def test_batch_over_comfy_api_v2(proxy, server, models_dir, tmp_path, capsys, monkeypatch):
+    """The same 2 x 2 batch through Comfy API v2 (comfy-sdk -> comfy-api-proxy -> ComfyUI): uploads as assets, the
+    reference as a core/ASSET reference, outputs as assets; a job submitted before a crash is collected, not
+    submitted again, and a resend of the same submission is refused by the server (repeat-safe)."""
+    import batch
+    import batch_manifest
+    monkeypatch.setenv("COMFY_BASE_URL", proxy)
+    monkeypatch.delenv("COMFY_API_KEY", raising=False)
+    m = make_batch(tmp_path, 6)
+    out = str(tmp_path / "batch_output")
+    before = loras(models_dir)
+    code, _, err = run_batch_cli(capsys, "--batch", m, "--backend", "comfy-api", "--parallel", "2")
+    assert code == 0, err
+    report = report_of(out)
+    check_complete(report, out)
+    assert report["backend"] == {"kind": "comfy-api", "targets": [proxy]}
+    assert len(set(loras(models_dir)) - set(before)) == 2
+    assert len(proxy_jobs(proxy)) >= 6
+    # as if the runner died after submitting collins/nasa: its id is in the report, its files are not there
+    import json
+    jid = "collins/nasa"
+    entry = report["jobs"][jid]
+    for f in entry["files"]:
+        os.remove(os.path.join(out, f))
+    report["jobs"][jid] = {k: entry[k] for k in ("key", "kind", "person", "reference", "backend", "job_id", "attempt")}
+    report["jobs"][jid]["status"] = "submitted"
+    with open(os.path.join(out, "batch_report.json"), "w") as f:
+        json.dump(report, f)
+    n_jobs = len(proxy_jobs(proxy))
+    code, _, err = run_batch_cli(capsys, "--batch", m, "--backend", "comfy-api")
+    assert code == 0, err
+    again = report_of(out)
+    assert again["this_run"]["attached"] == [jid] and again["this_run"]["rendered"] == [jid]
+    assert again["jobs"][jid]["job_id"] == entry["job_id"] and again["jobs"][jid]["status"] == "ok"
+    assert len(proxy_jobs(proxy)) == n_jobs                     # collected, not submitted again
+    check_complete(again, out)
+    # the server refuses a resend of the same submission (same Idempotency-Key)
+    task = next(t for t in batch.plan(batch_manifest.load_manifest(m))[1] if t.id == jid)
+    backend = batch.ApiV2Backend()
+    with pytest.raises(batch.RunnerError, match="already has this submission"):
+        backend.submit(task.prompt, task.key, entry["attempt"])
+    assert len(proxy_jobs(proxy)) == n_jobs

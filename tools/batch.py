@@ -215,21 +215,26 @@ class ApiV2Backend:
         return self.upload(path, sub).as_reference()
 
     def submit(self, prompt: dict, key: str, attempt: int) -> str:
+        """Repeat-safe: the Idempotency-Key is the job's content key and attempt number, so a resend of the same
+        submission (a retry after a lost answer) is refused by the server instead of running twice. The runner
+        keeps the job id in its report and collects that job; it only submits again (attempt + 1) when the back
+        end no longer knows the job."""
         wf = self.client.workflows.from_json(prompt)
         try:
             return self.client.submit(wf, idempotency_key=f"megaportrait-{key}-{attempt}").id
+        except self.sdk.IdempotencyKeyReuse as e:
+            raise RunnerError(f"Comfy API v2 already has this submission (idempotency key megaportrait-{key}-"
+                              f"{attempt}): {e.message}") from e
         except self.sdk.ComfyError as e:
             raise RunnerError(f"Comfy API v2 refused the job: {e}") from e
 
     def poll(self, job_id: str, nodes: list[str]) -> Outcome:
         try:
             job = self.client.jobs.get(job_id)
-        except self.sdk.ComfyError as e:
-            if getattr(e, "status", None) == 404 or "not_found" in str(getattr(e, "code", "")):
-                return Outcome("unknown")
-            raise
+        except self.sdk.NotFound:
+            return Outcome("unknown")
         st = job.status
-        if st in ("queued", "running", "pending", "in_progress"):
+        if st in ("queued", "running", "canceling"):
             return Outcome("pending")
         if st in ("expired", "unknown"):
             return Outcome("unknown")
