@@ -62,7 +62,8 @@ def test_manifest_reads_people_references_and_settings(tmp_path):
     m = bm.load_manifest(write_manifest(tmp_path, GOOD))
     assert [p.name for p in m.people] == ["collins", "hopper"]
     assert [os.path.basename(f) for f in m.people[0].photos] == ["c1.png", "c2.png"]
-    assert m.people[1].photos == [str(tmp_path / "photos/hopper/h1.png")] and m.people[1].sets == {"Identity LoRA Trainer.seed": 3}
+    assert m.people[1].photos == [str(tmp_path / "photos/hopper/h1.png")]
+    assert m.people[1].sets == {"Identity LoRA Trainer.seed": 3}
     assert [r.name for r in m.references] == ["navy", "nasa"] and m.references[1].sets == {"Harmonize.denoise": 0.4}
     assert m.threshold == 0.6 and m.smoke and m.sets["Identity LoRA Trainer.steps"] == 4
     assert m.out == str(tmp_path / "batch_output")
@@ -120,6 +121,8 @@ def test_manifest_errors_name_their_lines(tmp_path):
     ("workflow: nope\npeople: []\n", 1, "workflow: no workflow 'nope'"),
     ("workflow: megaportrait_with_lora\n", 1, "a batch workflow needs one Identity LoRA Trainer"),
     ("smoke: yes please\n", 1, "smoke must be true or false"),
+    ("references:\n  - name: r\n    image: r.png\n    set: {\"Identity LoRA Trainer.steps\": 3}\n", 4,
+     "'Identity LoRA Trainer' is part of the identity training"),
 ])
 def test_manifest_bad_files(tmp_path, text, line, want):
     import batch_manifest as bm

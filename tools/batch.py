@@ -89,6 +89,15 @@ def save_nodes(prompt: dict, among: set) -> list[str]:
     return sorted((nid for nid in among if prompt[nid]["class_type"] == "SaveImage"), key=int)
 
 
+def drop_unread_reports(prompt: dict) -> None:
+    """The workflow's own Face Similarity nodes whose outputs feed nothing: the batch measures the identity itself
+    (IdentityScorer), the same way for both back ends, so the server need not do it twice."""
+    used = {v[0] for n in prompt.values() for v in n["inputs"].values() if isinstance(v, list) and len(v) == 2}
+    for nid in runner.nodes_of_type(prompt, "MegaPortraitFaceSimilarity"):
+        if nid not in used:
+            del prompt[nid]
+
+
 def plan(m: Manifest) -> tuple[list[Task], list[Task]]:
     """(train tasks, render tasks) of a manifest."""
     trains, renders = [], []
@@ -104,6 +113,7 @@ def plan(m: Manifest) -> tuple[list[Task], list[Task]]:
             for nid in runner.nodes_titled(p, runner.REFERENCE_TITLE):
                 p[nid]["inputs"]["image"] = name
             runner.apply_sets(p, sets_as_args(ref.sets))
+            drop_unread_reports(p)
             renders.append(Task("render", person, ref, p, content_key("render", p), save_nodes(p, set(p) - keep),
                                 photos + [(ref.image, sub)]))
     return trains, renders
@@ -331,6 +341,8 @@ class BatchRun:
         self.report_path = os.path.join(out, REPORT_NAME)
         self.lock = threading.RLock()
         self.scorer = IdentityScorer()
+        from concurrent.futures import ThreadPoolExecutor
+        self.scorer_pool = ThreadPoolExecutor(1, thread_name_prefix="megaportrait-identity")
         self.progress = progress
         self.stop = threading.Event()
         self.report = self._load_report()
@@ -415,8 +427,6 @@ class BatchRun:
                 files.append(os.path.join(self._folder(t), name))
             entry = dict(base, status="ok", job_id=job_id, attempt=attempt, files=files,
                          seconds=round(time.time() - t0, 2), finished=_now())
-            if t.kind == "render":
-                entry.update(self._identity(t, files))
         except (RunnerError, comfy_server.ServerError, urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
             entry = dict(base, status="failed", error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
                          job_id=job_id, attempt=attempt, seconds=round(time.time() - t0, 2), finished=_now())
@@ -424,7 +434,8 @@ class BatchRun:
             entry = dict(base, status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                          job_id=job_id, attempt=attempt, seconds=round(time.time() - t0, 2), finished=_now())
         entry["attached"] = attached
-        self._set(t, entry)
+        if not (t.kind == "render" and entry["status"] == "ok"):
+            self._set(t, entry)          # a render is recorded done with its identity distance (see _phase)
         return entry
 
     def _wait(self, backend, job_id: str, t: Task) -> Outcome:
@@ -436,7 +447,7 @@ class BatchRun:
             if o.state != "pending":
                 return o
             time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            delay = min(delay * 1.5, 0.25)
         raise TimeoutError(f"job {job_id} did not finish in {self.timeout:.0f} s")
 
     def _identity(self, t: Task, files: list[str]) -> dict:
@@ -465,30 +476,50 @@ class BatchRun:
                     entry = {"key": t.key, "kind": "render", "person": t.person.name, "reference": t.reference.name,
                              "status": "failed", "error": f"the identity LoRA of {t.person.name} was not trained: "
                                                           f"{blocked[t.person.name]}", "backend": None, "finished": _now()}
-                    self._set(t, entry)
+                    self._record(t, entry, bar)
+                    continue
+                entry = self.run_task(t, self.slots[i])
+                if t.kind == "render" and entry["status"] == "ok":
+                    # the identity check runs here while this worker's next job runs on the server
+                    scoring.append(self.scorer_pool.submit(self._score_and_record, t, entry, bar))
                 else:
-                    entry = self.run_task(t, self.slots[i])
-                with self.lock:
-                    r = self.report["this_run"]
-                    if entry["status"] == "ok":
-                        (r["trained"] if t.kind == "train" else r["rendered"]).append(t.id)
-                        if entry.get("attached"):
-                            r["attached"].append(t.id)
-                    else:
-                        r["failed"].append(t.id)
-                        if t.kind == "train":
-                            blocked[t.person.name] = entry["error"]
-                    self.save()
-                if bar is not None:
-                    bar.set_postfix_str(f"{t.id}: {entry['status']}", refresh=False)
-                    bar.update(1)
+                    self._record(t, entry, bar, blocked)
 
+        scoring: list = []
         threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(self.slots))]
         for th in threads:
             th.start()
         for th in threads:
             while th.is_alive():
                 th.join(0.2)
+        for fut in scoring:
+            while not fut.done():
+                time.sleep(0.05)
+            fut.result()
+
+    def _record(self, t: Task, entry: dict, bar, blocked: dict | None = None) -> None:
+        with self.lock:
+            (self.report["trainings"] if t.kind == "train" else self.report["jobs"])[t.id] = entry
+            r = self.report["this_run"]
+            if entry["status"] == "ok":
+                (r["trained"] if t.kind == "train" else r["rendered"]).append(t.id)
+                if entry.get("attached"):
+                    r["attached"].append(t.id)
+            else:
+                r["failed"].append(t.id)
+                if t.kind == "train" and blocked is not None:
+                    blocked[t.person.name] = entry["error"]
+            self.save()
+        if bar is not None:
+            bar.set_postfix_str(f"{t.id}: {entry['status']}", refresh=False)
+            bar.update(1)
+
+    def _score_and_record(self, t: Task, entry: dict, bar) -> None:
+        try:
+            entry.update(self._identity(t, entry["files"]))
+        except Exception as e:      # a scoring failure is reported, never fatal to the batch
+            entry.update(identity_distance=None, flagged=True, identity_report=f"identity check failed: {e}")
+        self._record(t, entry, bar)
 
     def _pop_any(self, queues):
         with self.lock:

@@ -33,7 +33,7 @@ def cell_state(job: dict | None, threshold: float | None) -> tuple[str, str]:
     d = job.get("identity_distance")
     thr = job.get("identity_threshold", threshold)
     if d is None:
-        return "no face found in the result" if "identity not measured" not in (job.get("identity_report") or "") \
+        return "no face in the result" if "identity not measured" not in (job.get("identity_report") or "") \
             else "identity not measured", "flag"
     if job.get("flagged"):
         return f"distance {d:.3f} >= {thr:g}", "flag"
@@ -62,6 +62,10 @@ def write(report: dict, out: str, manifest) -> tuple[str, str]:
         return f"{THUMBS}/{name}"
 
     thr = report.get("threshold")
+    s = report.get("summary", {})
+    draw.multiline_text((6, 6), f"MegaPortrait batch\n{s.get('ok', 0)}/{s.get('jobs', 0)} ok, {s.get('failed', 0)} failed,"
+                                f"\n{s.get('flagged', 0)} flagged\n\nrows: people\ncolumns: source photos,"
+                                "\nthen one per reference", fill=(0, 0, 0), font=font)
     head = ['<tr><th>person</th><th colspan="%d">source photos</th>' % nsrc]
     for j, ref in enumerate(refs):
         src = place(_thumb(ref.image), 0, nsrc + j, f"reference {ref.name}", None, f"ref_{ref.name}.jpg")
@@ -74,7 +78,8 @@ def write(report: dict, out: str, manifest) -> tuple[str, str]:
             if photo is None:
                 row.append("<td></td>")
                 continue
-            src = place(_thumb(photo), i + 1, k, os.path.basename(photo), None, f"src_{person.name}_{k}.jpg")
+            label = f"{person.name}: {os.path.basename(photo)}" if k == 0 else os.path.basename(photo)
+            src = place(_thumb(photo), i + 1, k, label, None, f"src_{person.name}_{k}.jpg")
             row.append(f'<td class="source"><img src="{src}" alt="{html.escape(os.path.basename(photo))}"></td>')
         for j, ref in enumerate(refs):
             job = report["jobs"].get(f"{person.name}/{ref.name}")
@@ -87,7 +92,6 @@ def write(report: dict, out: str, manifest) -> tuple[str, str]:
             row.append(f'<td class="{kind}" data-job="{html.escape(person.name)}/{html.escape(ref.name)}">{img}'
                        f'<div>{html.escape(caption)}</div></td>')
         body.append("".join(row) + "</tr>")
-    s = report.get("summary", {})
     title = f"MegaPortrait batch: {os.path.basename(report.get('manifest', ''))}"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
