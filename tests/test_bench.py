@@ -33,12 +33,16 @@ def test_markdown_tables_for_every_section():
         {"section": "faces", "machine": m, "rows": [{"op": "detect faces", "size": "1 Mpx (1280x800)", "faces": 46,
                                                       "ours_found": 46, "ours_s": 0.5, "old_found": 0, "old_s": 0.05}]},
         {"section": "pipeline", "error": "boom"},
+        {"section": "batch", "machine": m, "rows": [{"op": "2 x 4 batch", "ours_s": 30.0, "reference_s": 60.0,
+                                                      "ratio": 0.5},
+                                                     {"op": "per-job overhead, Comfy API v2", "error": "skipped: old"}]},
     ]
     md = run.to_markdown(results, "now")
     assert "| light map | 512 px | 10.0 ms | 20.0 ms | 0.50x |" in md
     assert "| dual | SD | 64x64 | 1.00 s | 2.00 s (two KSamplers) | 0.50x |" in md
     assert "| detect faces | 1 Mpx (1280x800) | 46 | 46 | 500.0 ms | 0 | 50.0 ms |" in md
     assert "2.00x" in md and "boom" in md
+    assert "| 2 x 4 batch | 30.00 s | 60.00 s | 0.50x |" in md and "| per-job overhead, Comfy API v2 | skipped: old | | |" in md
 
 
 def test_timeit_pair_alternates_and_reports_both():

@@ -1,10 +1,11 @@
 """Batch runs: N people x M references from one manifest (batch_manifest.py), resumable, on one or several ComfyUI
 servers (/prompt) or on Comfy API v2 (Comfy Cloud, a serverless deployment, comfy-api-proxy) through comfy-sdk.
 
-* Each person's identity LoRA is trained once (phase 1: the workflow cut down to the trainer and what feeds it, with
-  a per-person save name and if_trained = reuse, so a rerun finds the LoRA by the trainer's train-once key and
-  trains nothing), then every (person, reference) job runs (phase 2: the whole workflow; its trainer reuses the
-  LoRA).
+* Each person's identity LoRA is trained once (a train job: the workflow cut down to the trainer and what feeds it,
+  with a per-person save name and if_trained = reuse, so a rerun finds the LoRA by the trainer's train-once key and
+  trains nothing), then every (person, reference) job runs (the whole workflow; its trainer reuses the LoRA). Over
+  /prompt each person's train job and jobs go to one server in that order; over API v2 every train job finishes
+  before the jobs start, so no two workers train one person.
 * Every job has a content key: a hash of its filled-in workflow, whose inputs name the photos' and the reference's
   upload folders by the hash of their contents. The report (``batch_report.json`` in the output folder) is
   rewritten after every step; a rerun skips the jobs whose key is done and whose files are there, attaches to a
@@ -167,7 +168,11 @@ class PromptBackend:
         if hist is None:
             code, q = self.client.request("/queue")
             ids = {item[1] for k in ("queue_running", "queue_pending") for item in (q or {}).get(k, []) if len(item) > 1}
-            return Outcome("pending" if job_id in ids else "unknown")
+            if job_id in ids:
+                return Outcome("pending")
+            hist = self.client.history(job_id)      # it may have finished between the two requests
+            if hist is None:
+                return Outcome("unknown")
         err = comfy_server.status_error(hist)
         if err:
             return Outcome("failed", err)
@@ -434,18 +439,24 @@ class BatchRun:
             entry = dict(base, status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                          job_id=job_id, attempt=attempt, seconds=round(time.time() - t0, 2), finished=_now())
         entry["attached"] = attached
+        if self.stop.is_set() and entry["status"] != "ok":
+            return dict(entry, status="interrupted")    # the report keeps "submitted": a rerun collects the job
         if not (t.kind == "render" and entry["status"] == "ok"):
             self._set(t, entry)          # a render is recorded done with its identity distance (see _phase)
         return entry
 
     def _wait(self, backend, job_id: str, t: Task) -> Outcome:
-        t0, delay = time.time(), 0.1
+        t0, delay, unknown_once = time.time(), 0.1, False
         while time.time() - t0 < self.timeout:
             if self.stop.is_set():
                 raise RunnerError("interrupted")
             o = backend.poll(job_id, t.save_nodes)
-            if o.state != "pending":
+            if o.state == "unknown" and not unknown_once:
+                unknown_once = True       # a job between queue and history can look unknown for a moment: ask again
+            elif o.state != "pending":
                 return o
+            else:
+                unknown_once = False
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
         raise TimeoutError(f"job {job_id} did not finish in {self.timeout:.0f} s")
@@ -479,6 +490,8 @@ class BatchRun:
                     self._record(t, entry, bar)
                     continue
                 entry = self.run_task(t, self.slots[i])
+                if entry["status"] == "interrupted":
+                    return
                 if t.kind == "render" and entry["status"] == "ok":
                     # the identity check runs here while this worker's next job runs on the server
                     scoring.append(self.scorer_pool.submit(self._score_and_record, t, entry, bar))
@@ -535,6 +548,10 @@ class BatchRun:
                     t.slot = i
         for b in self.backends:
             b.check([trains[0].prompt, renders[0].prompt])
+        with self.lock:        # people or references no longer in the manifest leave the report
+            for kind, tasks in (("trainings", trains), ("jobs", renders)):
+                ids = {t.id for t in tasks}
+                self.report[kind] = {k: v for k, v in self.report[kind].items() if k in ids}
         todo_t = [t for t in trains if not self.is_done(t)]
         todo_r = [t for t in renders if not self.is_done(t)]
         skipped = [t.id for t in trains + renders if t not in todo_t and t not in todo_r]
@@ -547,8 +564,13 @@ class BatchRun:
                        file=sys.stderr, dynamic_ncols=True)
         blocked: dict = {}
         try:
-            self._phase(todo_t, bar, blocked)      # every LoRA first: no two workers train the same person
-            self._phase(todo_r, bar, blocked)
+            if self.affinity:
+                # /prompt: a person's training and jobs all go to one server, in this order (its LoRA is trained
+                # before its jobs and stays in ComfyUI's cache while they run)
+                self._phase([t for p in self.m.people for t in todo_t + todo_r if t.person is p], bar, blocked)
+            else:
+                self._phase(todo_t, bar, blocked)      # API v2: every LoRA first, so no two workers train one person
+                self._phase(todo_r, bar, blocked)
         except KeyboardInterrupt:
             self.stop.set()
             raise
@@ -583,6 +605,9 @@ def run_batch(args, log=lambda m: print(m, file=sys.stderr)) -> dict:
     import batch_manifest
     import contact_sheet
     m = batch_manifest.load_manifest(args.batch)
+    for item in getattr(args, "set", None) or []:     # --set adds to the manifest's batch-wide settings
+        k, _, v = item.partition("=")
+        m.sets[k] = runner.parse_value(v)
     out = os.path.abspath(args.out) if args.out else m.out
     trains, renders = plan(m)
     server = None

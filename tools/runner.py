@@ -599,4 +599,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the module's main (tools/batch.py imports the module too): one RunnerError class, not two
+    import runner
+    sys.exit(runner.main())
