@@ -186,6 +186,7 @@ def test_batch_over_prompt_trains_once_and_reruns_nothing(server, models_dir, tm
     report = report_of(out)
     assert stdout.strip() == os.path.join(out, "batch_report.json")
     check_complete(report, out)
+    assert {j["identity_source"] for j in report["jobs"].values()} == {"workflow"}     # the workflow's own check
     trained = loras(models_dir)
     new = set(trained) - set(before)
     assert len(new) == 2 and {os.path.basename(p).split("_")[0] for p in new} == {"collins", "hopper"}
@@ -368,6 +369,7 @@ def test_batch_over_comfy_api_v2(proxy, server, models_dir, tmp_path, capsys, mo
     report = report_of(out)
     check_complete(report, out)
     assert report["backend"] == {"kind": "comfy-api", "targets": [proxy]}
+    assert {j["identity_source"] for j in report["jobs"].values()} == {"runner"}       # API v2 returns files only
     assert len(set(loras(models_dir)) - set(before)) == 2
     assert len(proxy_jobs(proxy)) >= 6
     # as if the runner died after submitting collins/nasa: its id is in the report, its files are not there
@@ -394,6 +396,13 @@ def test_batch_over_comfy_api_v2(proxy, server, models_dir, tmp_path, capsys, mo
     with pytest.raises(batch.RunnerError, match="already has this submission"):
         backend.submit(task.prompt, task.key, entry["attempt"])
     assert len(proxy_jobs(proxy)) == n_jobs
+
+
+def test_face_similarity_report_parsing():
+    import batch
+    assert batch.parse_similarity("backend: dlib\nitem 0: distance 0.4200 -> same person\nmean distance 0.4200 "
+                                  "(threshold 0.6)") == (0.42, 0.6)
+    assert batch.parse_similarity("backend: dlib\nitem 0: no face found\nno face to compare") == (None, None)
 
 
 def test_bad_manifest_from_the_command_line(tmp_path):

@@ -11,8 +11,9 @@ servers (/prompt) or on Comfy API v2 (Comfy Cloud, a serverless deployment, comf
   rewritten after every step; a rerun skips the jobs whose key is done and whose files are there, attaches to a
   job that was submitted but not collected (the /prompt id or the API v2 job id is in the report), and runs the
   rest.
-* The identity distance of each portrait is measured here with the pack's own Face Similarity node (dlib,
-  the portrait against the person's source photos), the same way for both back ends.
+* The identity distance of each portrait comes from the pack's own Face Similarity node: the workflow's identity
+  check when the back end returns its report (/prompt), else (API v2 returns files) the same node run here on the
+  saved portrait against the person's source photos (dlib), while the next job runs.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -52,6 +54,11 @@ class Task:
     save_nodes: list[str]
     uploads: list[tuple[str, str]]  # (local file, upload subfolder)
     slot: int = 0
+
+    @property
+    def report_nodes(self) -> list[str]:
+        """The workflow's own Face Similarity nodes (its identity check of the result)."""
+        return runner.nodes_of_type(self.prompt, "MegaPortraitFaceSimilarity") if self.kind == "render" else []
 
     @property
     def id(self) -> str:
@@ -90,15 +97,6 @@ def save_nodes(prompt: dict, among: set) -> list[str]:
     return sorted((nid for nid in among if prompt[nid]["class_type"] == "SaveImage"), key=int)
 
 
-def drop_unread_reports(prompt: dict) -> None:
-    """The workflow's own Face Similarity nodes whose outputs feed nothing: the batch measures the identity itself
-    (IdentityScorer), the same way for both back ends, so the server need not do it twice."""
-    used = {v[0] for n in prompt.values() for v in n["inputs"].values() if isinstance(v, list) and len(v) == 2}
-    for nid in runner.nodes_of_type(prompt, "MegaPortraitFaceSimilarity"):
-        if nid not in used:
-            del prompt[nid]
-
-
 def plan(m: Manifest) -> tuple[list[Task], list[Task]]:
     """(train tasks, render tasks) of a manifest."""
     trains, renders = [], []
@@ -114,7 +112,6 @@ def plan(m: Manifest) -> tuple[list[Task], list[Task]]:
             for nid in runner.nodes_titled(p, runner.REFERENCE_TITLE):
                 p[nid]["inputs"]["image"] = name
             runner.apply_sets(p, sets_as_args(ref.sets))
-            drop_unread_reports(p)
             renders.append(Task("render", person, ref, p, content_key("render", p), save_nodes(p, set(p) - keep),
                                 photos + [(ref.image, sub)]))
     return trains, renders
@@ -126,6 +123,7 @@ class Outcome:
     state: str                      # "pending", "done", "failed" or "unknown" (the back end does not know the job)
     error: str | None = None
     outputs: list = field(default_factory=list)     # (node id, file name, fetch() -> bytes)
+    texts: list = field(default_factory=list)       # the text the report nodes showed, where the back end returns it
 
 
 class PromptBackend:
@@ -163,7 +161,7 @@ class PromptBackend:
     def submit(self, prompt: dict, key: str, attempt: int) -> str:
         return self.client.queue(prompt)
 
-    def poll(self, job_id: str, nodes: list[str]) -> Outcome:
+    def poll(self, job_id: str, nodes: list[str], report_nodes: list[str] = ()) -> Outcome:
         hist = self.client.history(job_id)
         if hist is None:
             code, q = self.client.request("/queue")
@@ -181,7 +179,8 @@ class PromptBackend:
             for e in ((hist.get("outputs") or {}).get(nid) or {}).get("images", []):
                 if e.get("type", "output") == "output":
                     outs.append((nid, e["filename"], lambda e=e: self.client.view(e["filename"], e.get("subfolder", ""))))
-        return Outcome("done", outputs=outs)
+        texts = [str(x) for nid in report_nodes for x in ((hist.get("outputs") or {}).get(nid) or {}).get("text", [])]
+        return Outcome("done", outputs=outs, texts=texts)
 
 
 class ApiV2Backend:
@@ -243,7 +242,8 @@ class ApiV2Backend:
         except self.sdk.ComfyError as e:
             raise RunnerError(f"Comfy API v2 refused the job: {e}") from e
 
-    def poll(self, job_id: str, nodes: list[str]) -> Outcome:
+    def poll(self, job_id: str, nodes: list[str], report_nodes: list[str] = ()) -> Outcome:
+        """API v2 returns files: the report nodes' text does not come back (the runner measures the identity)."""
         try:
             job = self.client.jobs.get(job_id)
         except self.sdk.NotFound:
@@ -299,6 +299,15 @@ class IdentityScorer:
                 return None, float(fa.threshold), str(e).splitlines()[0]
             dist, thr, _, text = out["result"]
             return (None if math.isinf(dist) else float(dist)), float(thr), text
+
+
+SIMILARITY_RE = re.compile(r"mean distance ([0-9.]+) \(threshold ([0-9.]+)\)")
+
+
+def parse_similarity(text: str) -> tuple[float | None, float | None]:
+    """(distance, threshold) from a Face Similarity report; (None, None) when it found no face to compare."""
+    m = SIMILARITY_RE.search(text)
+    return (float(m[1]), float(m[2])) if m else (None, None)
 
 
 def _pack_module(name: str):
@@ -432,6 +441,8 @@ class BatchRun:
                 files.append(os.path.join(self._folder(t), name))
             entry = dict(base, status="ok", job_id=job_id, attempt=attempt, files=files,
                          seconds=round(time.time() - t0, 2), finished=_now())
+            if outcome.texts:
+                entry["_server_report"] = outcome.texts[-1]
         except (RunnerError, comfy_server.ServerError, urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
             entry = dict(base, status="failed", error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
                          job_id=job_id, attempt=attempt, seconds=round(time.time() - t0, 2), finished=_now())
@@ -450,7 +461,7 @@ class BatchRun:
         while time.time() - t0 < self.timeout:
             if self.stop.is_set():
                 raise RunnerError("interrupted")
-            o = backend.poll(job_id, t.save_nodes)
+            o = backend.poll(job_id, t.save_nodes, t.report_nodes)
             if o.state == "unknown" and not unknown_once:
                 unknown_once = True       # a job between queue and history can look unknown for a moment: ask again
             elif o.state != "pending":
@@ -461,14 +472,21 @@ class BatchRun:
             delay = min(delay * 1.5, 0.25)
         raise TimeoutError(f"job {job_id} did not finish in {self.timeout:.0f} s")
 
-    def _identity(self, t: Task, files: list[str]) -> dict:
+    def _identity(self, t: Task, files: list[str], server_report: str | None = None) -> dict:
+        """The identity distance: from the workflow's own Face Similarity node when the back end returned its report
+        (/prompt), else from the same node run here on the saved portrait and the person's source photos."""
         if not files:
             return {"identity_distance": None, "flagged": True, "identity_report": "no portrait was saved"}
-        portrait = os.path.join(self.out, files[-1])
-        dist, thr, text = self.scorer.score(t.person.photos, portrait)
+        if server_report is not None:
+            dist, thr = parse_similarity(server_report)
+            text, source = server_report, "workflow"
+        else:
+            dist, thr, text = self.scorer.score(t.person.photos, os.path.join(self.out, files[-1]))
+            source = "runner"
         threshold = self.m.threshold or thr
         return {"portrait": files[-1], "identity_distance": dist, "identity_threshold": threshold,
-                "flagged": dist is None or (threshold is not None and dist >= threshold), "identity_report": text}
+                "flagged": dist is None or (threshold is not None and dist >= threshold), "identity_report": text,
+                "identity_source": source}
 
     # -- phases
     def _phase(self, tasks: list[Task], bar, blocked: dict) -> None:
@@ -529,7 +547,7 @@ class BatchRun:
 
     def _score_and_record(self, t: Task, entry: dict, bar) -> None:
         try:
-            entry.update(self._identity(t, entry["files"]))
+            entry.update(self._identity(t, entry["files"], entry.pop("_server_report", None)))
         except Exception as e:      # a scoring failure is reported, never fatal to the batch
             entry.update(identity_distance=None, flagged=True, identity_report=f"identity check failed: {e}")
         self._record(t, entry, bar)
