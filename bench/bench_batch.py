@@ -1,6 +1,6 @@
 """Batch overhead: a 2 people x 4 references tiny (smoke) batch through tools/runner.py --batch against the same 8
-jobs run one runner call (one process) at a time, on the same real host ComfyUI server (each mode with photos of
-its own, so both train their 2 LoRAs). Then the per-job overhead of the two back ends: the same batch again into
+jobs run one runner call (one process) at a time, on the same real host ComfyUI server after a warm-up call (each
+mode with photos of its own, so both train their 2 LoRAs). Then the per-job overhead of the two back ends: the same batch again into
 a fresh output folder over /prompt and over Comfy API v2 (comfy-sdk -> comfy-api-proxy -> the same server); the
 overhead of a job is its wall time (upload, submit, waiting, download) minus the execution time ComfyUI records.
 """
@@ -110,12 +110,18 @@ def main():
     rows = []
     try:
         refs = references(os.path.join(work, "refs"))
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        # warm-up (models loaded, first-run costs paid) with photos of its own, so neither mode pays them
+        warm = photos(os.path.join(work, "photos_warmup"), 1.0)["collins"]
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "runner.py"), "--server", srv.url, "--smoke",
+                            "--source", warm, "--reference", refs[0], "--out", os.path.join(work, "out_warmup")],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
         # the batch: 2 trainings + 8 jobs in one call
         people = photos(os.path.join(work, "photos_batch"), 1.02)
         t_batch = run_batch(manifest(work, people, refs), os.path.join(work, "out_batch"), "prompt", srv.url)
         # the same jobs, one runner process each (the first call per person trains its LoRA)
         people = photos(os.path.join(work, "photos_single"), 0.98)
-        env = dict(os.environ, OMP_NUM_THREADS="1")
         t0 = time.perf_counter()
         for person, photo in people.items():
             for i, ref in enumerate(refs):
