@@ -221,12 +221,16 @@ def test_batch_over_prompt_trains_once_and_reruns_nothing(server, models_dir, tm
     assert again["this_run"]["trained"] == [] and again["this_run"]["rendered"] == []
     assert sorted(again["this_run"]["skipped"]) == sorted(["collins", "hopper", *report["jobs"]])
     assert loras(models_dir) == trained
-    # a changed setting for one reference redoes exactly that reference's jobs (new content keys), no training
+    # a changed setting for one reference redoes exactly that reference's jobs (new content keys), no training;
+    # with a second server URL (another name of the same server) each person's jobs still go where its LoRA is
     m2 = write_manifest(tmp_path, GOOD.replace('"Harmonize.denoise": 0.4', '"Harmonize.denoise": 0.45'))
-    code, _, err = run_batch_cli(capsys, "--batch", m2, "--server", server.url, "--out", out)
+    other = server.url.replace("127.0.0.1", "localhost")
+    code, _, err = run_batch_cli(capsys, "--batch", m2, "--server", server.url, "--server", other, "--out", out)
     assert code == 0, err
     third = report_of(out)
     assert sorted(third["this_run"]["rendered"]) == ["collins/nasa", "hopper/nasa"] and third["this_run"]["trained"] == []
+    assert third["backend"]["targets"] == [server.url, other]
+    assert third["jobs"]["collins/nasa"]["backend"] == third["jobs"]["hopper/nasa"]["backend"] == server.url
     assert loras(models_dir) == trained
 
 
@@ -268,9 +272,10 @@ def test_batch_killed_half_way_resumes_without_retraining(server, models_dir, tm
     out = str(tmp_path / "batch_output")
     before = loras(models_dir)
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # two server URLs (two names of the same server): one person each, both at once
+    urls = ["--server", server.url, "--server", server.url.replace("127.0.0.1", "localhost")]
     proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(EXAMPLES), "tools", "runner.py"),
-                             "--batch", m, "--server", server.url], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--batch", m, *urls], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     done = []
     try:
@@ -290,10 +295,13 @@ def test_batch_killed_half_way_resumes_without_retraining(server, models_dir, tm
     killed = report_of(out)
     trained = loras(models_dir)
     assert set(trained) - set(before)                        # at least one LoRA was trained before the kill
-    code, _, err = run_batch_cli(capsys, "--batch", m, "--server", server.url)
+    code, _, err = run_batch_cli(capsys, "--batch", m, *urls)
     assert code == 0, err
     report = report_of(out)
     check_complete(report, out)
+    for part in ("trainings", "jobs"):                       # each person's training and jobs on its own server
+        for e in report[part].values():
+            assert e["backend"] == urls[1 if e["person"] == "collins" else 3]
     run = report["this_run"]
     ok_before = {j for part in ("trainings", "jobs") for j, e in killed[part].items() if e["status"] == "ok"}
     assert set(run["skipped"]) == ok_before

@@ -560,10 +560,13 @@ class BatchRun:
         return None
 
     def run(self, trains: list[Task], renders: list[Task]) -> dict:
+        names = [b.name for b in self.backends]
         for i, person in enumerate(self.m.people):
+            done_on = (self.report["trainings"].get(person.name) or {}).get("backend")
+            slot = names.index(done_on) if done_on in names else i      # where its LoRA is, if it was trained before
             for t in trains + renders:
                 if t.person is person:
-                    t.slot = i
+                    t.slot = slot
         for b in self.backends:
             b.check([trains[0].prompt, renders[0].prompt])
         with self.lock:        # people or references no longer in the manifest leave the report
