@@ -404,6 +404,21 @@ def test_batch_over_comfy_api_v2(proxy, server, models_dir, tmp_path, capsys, mo
     with pytest.raises(batch.RunnerError, match="already has this submission"):
         backend.submit(task.prompt, task.key, entry["attempt"])
     assert len(proxy_jobs(proxy)) == n_jobs
+    # a job that fails: the error names the node and says why, as over /prompt
+    import copy
+    import time
+
+    import runner
+    wall = tmp_path / "refs" / "wall.png"
+    Image.new("RGB", (256, 256), (120, 140, 160)).save(wall)
+    prompt = copy.deepcopy(task.prompt)
+    for nid in runner.nodes_titled(prompt, runner.REFERENCE_TITLE):
+        prompt[nid]["inputs"]["image"] = backend.image_input("megaportrait_refs/wall/wall.png", str(wall))
+    job_id = backend.submit(prompt, "wall-" + task.key, 0)
+    t0 = time.time()
+    while (o := backend.poll(job_id, task.save_nodes)).state == "pending" and time.time() - t0 < 120:
+        time.sleep(0.2)
+    assert o.state == "failed" and o.error.startswith("MegaPortraitFaceCrop (node ") and "no face" in o.error, o
 
 
 def test_face_similarity_report_parsing():
