@@ -23,10 +23,12 @@ SECTIONS = {
     "gpu_flux": ["bench_gpu_flux.py"],
     "face_memory": ["bench_face_memory.py"],
     "maps_memory": ["bench_memory.py"],
+    "batch": ["bench_batch.py"],
 }
 GOALS = {"image_ops": "<= 1.0x OpenCV", "faces": "every face found; time reported", "sampling": "no slower than stock; dual-strength <= 0.6x of two KSamplers",
          "trainer": "<= 1.0x the seconds per step and memory of a plain peft loop and of ComfyUI's TrainLoraNode", "pipeline": "<= 1.05x of the stock passes",
-         "face_memory": "peak <= 3x the image's float size", "maps_memory": "peak <= 3x the image's float size"}
+         "face_memory": "peak <= 3x the image's float size", "maps_memory": "peak <= 3x the image's float size",
+         "batch": "--batch < 1.0x of one runner call per job"}
 
 
 def run_section(name: str) -> dict:
@@ -129,6 +131,13 @@ def to_markdown(results: list, started: str) -> str:
             for x in r["rows"]:
                 out.append(f"| {x['op']} | {x['size']} | {x['image_mb']:.0f} MiB | {x['peak_delta_mb']:.0f} MiB | "
                            f"{x['ratio']:.2f}x |")
+        elif name == "batch":
+            out += ["| measurement | ours | reference | ratio |", "|---|---|---|---|"]
+            for x in r["rows"]:
+                if "error" in x:
+                    out.append(f"| {x['op']} | {x['error']} | | |")
+                else:
+                    out.append(f"| {x['op']} | {fmt_ms(x['ours_s'])} | {fmt_ms(x['reference_s'])} | {x['ratio']:.2f}x |")
         elif name in ("gpu", "gpu_flux"):
             out += ["| measurement | value |", "|---|---|"]
             for x in r["rows"]:

@@ -35,6 +35,9 @@ def test_markdown_tables_for_every_section():
                                                       "ours_found": 46, "ours_s": 0.5, "old_found": 0, "old_s": 0.05,
                                                       "upright_found": 45, "upright_s": 0.25}]},
         {"section": "pipeline", "error": "boom"},
+        {"section": "batch", "machine": m, "rows": [{"op": "2 x 4 batch", "ours_s": 30.0, "reference_s": 60.0,
+                                                      "ratio": 0.5},
+                                                     {"op": "per-job overhead, Comfy API v2", "error": "skipped: old"}]},
     ]
     md = run.to_markdown(results, "now")
     assert "| light map | 512 px | 10.0 ms | 20.0 ms | 0.50x |" in md
@@ -44,6 +47,7 @@ def test_markdown_tables_for_every_section():
     assert "| seconds per step | 500.0 ms | 250.0 ms | 2.00x | n/a | - |" in md
     assert "| weights | 10 MB | - | - | 40 MB | 0.25x |" in md
     assert "boom" in md
+    assert "| 2 x 4 batch | 30.00 s | 60.00 s | 0.50x |" in md and "| per-job overhead, Comfy API v2 | skipped: old | | |" in md
 
 
 def test_timeit_pair_alternates_and_reports_both():

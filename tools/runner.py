@@ -16,6 +16,8 @@
   that tools/setup_env.sh prepares) is started on 127.0.0.1 for the run.
 * --faces picks the reference's faces: all (every face, left to right: megaportrait_group does this), largest,
   N (the Nth face from the left, 0 = leftmost) or match (every face matching --identity, or the source photos).
+* --batch MANIFEST runs N people x M references from a YAML manifest (tools/batch.py; exit code 2 when some jobs
+  failed: the report says which and why).
 * --smoke runs the same pipeline on tiny random models with tiny settings to prove an install end to end. Its
   output is noise, and it says so.
 Exit code 0 on success; otherwise one line on stderr that says what went wrong.
@@ -449,9 +451,11 @@ def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
         log(SMOKE_NOTE)
     server = None
     if args.server:
-        client = comfy_server.ComfyClient(args.server)
+        if len(args.server) > 1:
+            raise RunnerError("several --server URLs are for --batch runs; a single run uses one")
+        client = comfy_server.ComfyClient(args.server[0])
         if not client.alive():
-            raise RunnerError(f"no ComfyUI server answers at {args.server}")
+            raise RunnerError(f"no ComfyUI server answers at {args.server[0]}")
         models_root = args.models_dir
     else:
         server = start_server(args, log)
@@ -514,6 +518,7 @@ def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
         err = comfy_server.status_error(hist)
         if err:
             raise RunnerError(f"the workflow failed in {err}")
+        args.out = args.out or os.path.join(os.getcwd(), "megaportrait_output")
         os.makedirs(args.out, exist_ok=True)
         saved = []
         for entry in comfy_server.outputs_of(hist):
@@ -549,8 +554,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--source", nargs="*", default=[os.path.join(REPO, "example_inputs", "astronaut.png")],
                     help="photos of the person (files and/or folders); default: example_inputs/astronaut.png (the "
                          "workflow adds augmented copies up to 6)")
-    ap.add_argument("--out", default=os.path.join(os.getcwd(), "megaportrait_output"), help="where outputs are saved")
-    ap.add_argument("--server", help="URL of a running ComfyUI server with this pack installed")
+    ap.add_argument("--out", help="where outputs are saved (default ./megaportrait_output; with --batch the manifest's "
+                                  "'out')")
+    ap.add_argument("--server", action="append", help="URL of a running ComfyUI server with this pack installed "
+                                                      "(--batch: repeat it to spread the jobs over several)")
+    ap.add_argument("--batch", metavar="MANIFEST", help="run every (person, reference) job of a YAML manifest: each "
+                                                        "person's LoRA trained once, resumable (README: Batch runs)")
+    ap.add_argument("--backend", choices=("prompt", "comfy-api"), default="prompt",
+                    help="--batch: a ComfyUI server's /prompt API (--server, or a ComfyUI started here), or Comfy API "
+                         "v2 through comfy-sdk (COMFY_BASE_URL, COMFY_API_KEY: Comfy Cloud, a deployment, "
+                         "comfy-api-proxy)")
+    ap.add_argument("--parallel", type=int, default=4, help="--batch --backend comfy-api: jobs in flight at once")
     ap.add_argument("--comfyui", help="ComfyUI folder to start for this run (default: the host set up in .host/)")
     ap.add_argument("--models-dir", help="the ComfyUI models folder to download into (default: the started ComfyUI's)")
     ap.add_argument("--lora", help="identity LoRA file name for the megaportrait_with_lora workflow")
@@ -568,6 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.batch:
+            import batch
+            report = batch.run_batch(args)
+            print(os.path.join(report["out"], batch.REPORT_NAME))
+            return 0 if report["summary"]["failed"] == 0 else 2
         for f in run(args):
             print(f)
     except RunnerError as e:
@@ -580,4 +599,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the module's main (tools/batch.py imports the module too): one RunnerError class, not two
+    import runner
+    sys.exit(runner.main())
