@@ -384,7 +384,8 @@ def train_identity_lora(node: str, model, clip, vae, images: torch.Tensor, promp
             resumed_sd, state = lt.load_resume(node, resume_file, cfg, family, dkey)
             log.info("MegaPortrait: resuming %s at step %d", os.path.basename(resume_file), state.step)
         data = encode_data(model, clip, vae, images, masks, prompt, cfg, device)
-        load_for_training(node, model, clip, fam, cfg, data, gradient_checkpointing)
+        with torch.inference_mode():     # as samplers load: what loading makes stays ComfyUI's inference tensors
+            load_for_training(node, model, clip, fam, cfg, data, gradient_checkpointing)
         twin = build_twin(node, model, clip, fam, cfg, precision, gradient_checkpointing)
         if resumed_sd is not None:
             try:

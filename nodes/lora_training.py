@@ -193,7 +193,8 @@ class _FrozenRecompute(torch.autograd.Function):
         ctx.fwd = fwd
         ctx.save_for_backward(x)
         with torch.no_grad():
-            return fwd(x)
+            y = fwd(x)
+        return y.clone() if y._is_view() or y is x else y    # autograd forbids in-place changes of a view made here
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -842,3 +842,33 @@ def write_zimage(models_dir: str) -> dict:
     save(build_zimage_control_sd(34, inpaint=False), ZIMAGE_TILE_NAME)
     return {"unet": ZIMAGE_UNET_NAME, "te": ZIMAGE_TE_NAME, "vae": ZIMAGE_VAE_NAME, "union": ZIMAGE_UNION_NAME,
             "tile": ZIMAGE_TILE_NAME}
+
+
+# ------------------------------------------------------------------------------------- quantized (scaled fp8) copies
+def has_quantized_checkpoints() -> bool:
+    """ComfyUI loads scaled-fp8 / ``_quantization_metadata`` checkpoints into ``mixed_precision_ops`` layers (late
+    2025 on; the early-2024 host has neither)."""
+    import comfy.ops
+    return hasattr(comfy.ops, "mixed_precision_ops")
+
+
+def write_scaled_fp8(src: str, dst: str, prefix: str, layers: str = r".*(attn|\.ff\.|_attn\.|linear|_mlp\.).*") -> int:
+    """A copy of the safetensors file ``src`` in the legacy "scaled fp8" format ComfyUI converts on load: every 2-D
+    weight under ``prefix`` whose name matches ``layers`` as float8_e4m3fn with a per-tensor ``scale_weight``, and the
+    ``<prefix>scaled_fp8`` marker. Returns the layers quantized."""
+    import re
+
+    import safetensors.torch as st
+    sd = st.load_file(src)
+    out, n = {}, 0
+    for k, v in sd.items():
+        if k.startswith(prefix) and k.endswith(".weight") and v.ndim == 2 and re.fullmatch(layers, k):
+            scale = (v.float().abs().max() / 448.0).clamp(min=1e-12)
+            out[k] = (v.float() / scale).to(torch.float8_e4m3fn)
+            out[k[: -len(".weight")] + ".scale_weight"] = scale.reshape(1)
+            n += 1
+        else:
+            out[k] = v
+    out[prefix + "scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    st.save_file(out, dst)
+    return n
