@@ -176,6 +176,44 @@ def run_comfy(steps: int, resolution: int, batch: int) -> dict | None:
 RUNS = {"ours": run_ours, "peft": run_peft, "comfy": run_comfy}
 
 
+def run_saved_bytes(resolution: int, batch: int, fraction: float = 0.4) -> dict:
+    """Bytes autograd keeps for backward in one training step (each storage once, the model's own weights left out),
+    fully loaded and with ComfyUI's own low-VRAM load forced at ``fraction`` of the model (the CPU never loads partly
+    by itself): a layer left out casts its weight per call, and the trainer must keep no copy of it."""
+    m, c, v, photos = setup(resolution)
+    import comfy.model_management as mm
+    from comfyui_megaportrait.nodes import comfy_compat
+    from comfyui_megaportrait.nodes import lora_comfy as lc
+    from comfyui_megaportrait.nodes import lora_training as lt
+    cfg = lt.TrainConfig(steps=1, learning_rate=1e-4, rank=RANK, alpha=RANK, batch_size=batch, resolution=resolution,
+                         flip=False)
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mp-bench-bytes-{os.getpid()}.safetensors")
+    real = comfy_compat.load_models
+
+    def partial(patchers, memory_required):
+        real(patchers, memory_required)
+        p = patchers[0]
+        budget = int(p.model_size() * fraction)
+        if hasattr(p, "patch_model_lowvram"):      # early 2024
+            p.patch_model_lowvram(p.load_device, budget)
+        else:
+            p.load(p.load_device, lowvram_model_memory=budget)
+    out = {"weights": sum(t.numel() * t.element_size() for t in m.model.diffusion_model.parameters())}
+    for name, loader in (("full", real), ("partial", partial)):
+        mm.unload_all_models()
+        comfy_compat.load_models = loader
+        try:
+            with lt.saved_for_backward(exclude=list(m.model.parameters()) + list(m.model.buffers())) as saved, \
+                    torch.inference_mode():
+                lc.train_identity_lora("bench", m, c, v, photos[:batch], PROMPT, cfg, path, resume="off",
+                                       checkpoint_every=0)
+        finally:
+            comfy_compat.load_models = real
+        out[name] = saved["bytes"]
+    mm.unload_all_models()
+    return out
+
+
 def run_speed(steps: int, resolution: int, batch: int, rounds: int = 3) -> dict:
     """The loops in one process, interleaved, best of ``rounds`` each (wall and CPU clock): separate processes differ
     by up to 30% on a shared machine (memory layout, neighbours), which would swamp a comparison of two equal loops."""
@@ -215,7 +253,19 @@ def rows(speed: dict, mem: dict) -> list[dict]:
             row("peak RSS of the process", "MB", lambda v: m[v] and m[v]["peak_rss_mb"]),
             row("of which training (peak - RSS before it)", "MB",
                 lambda v: m[v] and m[v]["peak_rss_mb"] - m[v]["rss_base_mb"]),
-            row("trainable parameters", "", lambda v: m[v] and m[v]["params"])]
+            row("trainable parameters", "", lambda v: m[v] and m[v]["params"])] + saved_rows(mem.get("saved_bytes"))
+
+
+def saved_rows(saved: dict | None) -> list[dict]:
+    if not saved:
+        return []
+    mb = 1024 ** 2
+    return [{"op": "bytes saved for backward in one step, partly loaded (40% resident) vs fully loaded", "unit": "MB",
+             "ours": saved["partial"] / mb, "refs": [{"name": "fully loaded", "value": saved["full"] / mb,
+                                                      "ratio": saved["partial"] / max(saved["full"], 1)}]},
+            {"op": "bytes saved for backward in one step, fully loaded, vs the UNet's weights", "unit": "MB",
+             "ours": saved["full"] / mb, "refs": [{"name": "the weights", "value": saved["weights"] / mb,
+                                                   "ratio": saved["full"] / max(saved["weights"], 1)}]}]
 
 
 def main():
@@ -242,6 +292,7 @@ def main():
     else:
         mem = {v: _subprocess(args, v) for v in VARIANTS}     # peak memory: one fresh process each
         speed = _subprocess(args, "speed")
+    mem["saved_bytes"] = run_saved_bytes(args.resolution, args.batch)
     emit({"section": "trainer", "machine": machine(), "config": vars(args), "dry_run": args.dry_run,
           "model": f"tiny SD1.5-shaped checkpoint, 6 photos at {args.resolution} px, batch {args.batch}, rank {RANK}, "
                    f"{args.steps} steps (ours and peft: attention layers; TrainLoraNode: every layer, fp32)",

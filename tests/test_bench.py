@@ -110,6 +110,10 @@ def test_trainer_bench_runs_its_code(tmp_path):
     res = json.loads(line[len("RESULT:"):])
     assert res["section"] == "trainer" and res["dry_run"] is True
     rows = {x["op"]: x for x in res["rows"]}
+    partial = rows.pop("bytes saved for backward in one step, partly loaded (40% resident) vs fully loaded")
+    full = rows.pop("bytes saved for backward in one step, fully loaded, vs the UNet's weights")
+    assert partial["refs"][0]["value"] == full["ours"] > 0
+    assert partial["refs"][0]["ratio"] <= 1.2        # a layer streamed per call keeps no weight copy for backward
     assert set(rows) == {"seconds per step (wall clock)", "CPU seconds per step (the process's own work)",
                          "peak RSS of the process", "of which training (peak - RSS before it)",
                          "trainable parameters"}
