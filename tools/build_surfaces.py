@@ -24,8 +24,8 @@ WEB_DIR = os.path.join(REPO, "web")
 DOCS_DIR = os.path.join(WEB_DIR, "docs")
 LOCALES_DIR = os.path.join(REPO, "locales")
 LANGS = ("en", "zh")
-# combo lists that depend on the ComfyUI host or the user's files: the pages name them, they do not list them
-HOST_LISTS = {"sampler_name", "scheduler", "lora_name"}
+# combo lists (and their defaults) that depend on the ComfyUI host or the user's files: the pages name them, they do not list them
+HOST_LISTS = {"sampler_name", "scheduler", "lora_name", "insightface_pack"}
 WORDS = {"en": dict(pipeline="In the MegaPortrait pipeline", inputs="Inputs", outputs="Outputs", typical="Typical values",
                     input="Input", output="Output", type="Type", default="Default", what="What it does",
                     optional="optional", used="Shipped workflows that use it", choices="choices",
@@ -64,7 +64,7 @@ def _default(name: str, spec, lang: str) -> str:
     w = WORDS[lang]
     if isinstance(t, (list, tuple)):
         if name in HOST_LISTS:
-            return f"{w['choices']}: {w['host']}" + (f"; `{opts['default']}`" if "default" in opts else "")
+            return f"{w['choices']}: {w['host']}"     # (its default depends on the host's list too)
         return f"`{opts.get('default', t[0] if t else '')}`; {w['choices']}: " + ", ".join(f"`{c}`" for c in t)
     if t not in ("INT", "FLOAT", "STRING", "BOOLEAN") or opts.get("forceInput"):
         return w["socket"]
