@@ -33,6 +33,19 @@ def ksampler_model(model):
     return model if hasattr(model, "get_model_object") else model.model
 
 
+def load_to_read_weights(model) -> None:
+    """Make the MODEL's BaseModel hold this MODEL's weights before they are read: a static patcher (every ComfyUI
+    before 0.33's CUDA default) patches its LoRAs into the shared weights in place when loaded, so what is there
+    belongs to whichever clone was loaded last: load this one, as samplers do (no copy). ComfyUI 0.33's dynamic-VRAM
+    patcher never patches in place (it applies patches per call), so its stored weights are read as they are,
+    loading nothing."""
+    is_dynamic = getattr(model, "is_dynamic", None)
+    if is_dynamic is not None and is_dynamic():
+        return
+    import comfy.model_management as mm
+    mm.load_models_gpu([model])
+
+
 def stored_data(t: torch.Tensor) -> torch.Tensor:
     """The data a weight is stored as, for reading (fingerprints): quantized checkpoints (ComfyUI's QuantizedTensor,
     fp8 / nvfp4 / mxfp8 / int8 layouts since late 2025) keep it in ``_qdata``; every other weight is itself."""

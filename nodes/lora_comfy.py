@@ -155,9 +155,11 @@ def _condition_fingerprint(clip, prompt: str) -> str:
 
 def training_key(model, clip, vae, images: torch.Tensor, prompt: str, cfg: lt.TrainConfig,
                  masks: torch.Tensor | None = None) -> str:
-    """What makes two trainings the same: photos (and face masks), prompt, settings, the base model's weights as
-    stored plus the patches its MODEL carries (upstream LoRAs count), the VAE's weights and the text encoder's
-    condition for the prompt. Nothing is loaded onto the device for it (a dynamic-VRAM MODEL is not built twice)."""
+    """What makes two trainings the same: photos (and face masks), prompt, settings, the base model's weights plus
+    the patches its MODEL carries (upstream LoRAs count), the VAE's weights and the text encoder's
+    condition for the prompt. A dynamic-VRAM MODEL is read as stored (never built twice); a static one is loaded first,
+    as samplers load it (see :func:`comfy_compat.load_to_read_weights`)."""
+    compat.load_to_read_weights(model)
     parts = {"format": lt.FORMAT_VERSION, "config": json.loads(json.dumps(lt.asdict(cfg))), "prompt": prompt,
              "data": data_key(images), "masks": data_key(masks) if masks is not None else None,
              "unet": weights_fingerprint(model.model.diffusion_model), "unet_patches": patches_fingerprint(model),

@@ -154,3 +154,15 @@ def test_training_mode_flag_and_inpaint_models(compat, comfy):
     with torch.inference_mode():
         sd = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[0]
     assert not compat.is_inpaint_model(sd)
+
+
+def test_dynamic_models_are_read_without_loading(compat, comfy, monkeypatch):
+    """A dynamic-VRAM MODEL (0.33 on CUDA) is never loaded to read its weights; a static one is loaded once."""
+    import comfy.model_management as mm
+    loaded = []
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, *a, **k: loaded.append(models))
+    compat.load_to_read_weights(DynamicPatcher(StaticPatcher()))
+    assert loaded == []
+    static = StaticPatcher()
+    compat.load_to_read_weights(static)
+    assert loaded == [[static]]
