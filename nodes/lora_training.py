@@ -245,7 +245,7 @@ def saved_for_backward(exclude: Iterable[torch.Tensor] = ()):
             if ptr not in skip and ptr not in seen and t.device.type != "meta":
                 seen.add(ptr)
                 out["bytes"] += st.nbytes()
-        except RuntimeError:     # tensor subclasses without a plain storage (NotImplementedError included)
+        except RuntimeError:     # tensor subclasses without a plain storage
             out["bytes"] += t.numel() * t.element_size()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
