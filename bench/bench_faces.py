@@ -50,6 +50,29 @@ def main():
                      "faces": n_faces, "ours_found": found, "ours_s": ours["min_s"],
                      "old_found": old_found, "old_s": old["min_s"],
                      "upright_found": upright_found, "upright_s": upright["min_s"]})
+    # per backend: dlib with the CNN pass for turned faces (one run: it is slow), and insightface when a real model
+    # pack is installed (it needs insightface + onnxruntime + a pack such as buffalo_l, none of which this project can
+    # download for you)
+    cnn = face_analysis.FaceAnalyzer(refine_landmarks=False, turned_faces=face_analysis.TURNED_FACES[1]).load()
+    try:
+        ins = face_analysis.FaceAnalyzer(backend="insightface").load()
+        ins_error = None
+    except Exception as e:      # no insightface package, onnxruntime or model pack here
+        ins, ins_error = None, str(e).split(" Fix:")[0][:160]
+    for label, n in SIZES.items():
+        img, n_faces = canvas(n)
+        h, w = img.shape[:2]
+        size = f"{label} ({w}x{h})"
+        found: list = []
+        t = timeit(lambda: found.append(cnn.detect(img)), repeat=1, warmup=0)
+        rows.append({"op": "detect faces, dlib HOG + CNN pass (turned faces)", "size": size, "faces": n_faces,
+                     "ours_found": len(found[-1]), "ours_s": t["min_s"]})
+        if ins is None:
+            rows.append({"op": "detect faces, insightface", "size": size, "faces": n_faces, "error": ins_error})
+        else:
+            t = timeit(lambda: ins.detect(img), repeat=3)
+            rows.append({"op": f"detect faces, insightface {ins.insightface_pack}", "size": size, "faces": n_faces,
+                         "ours_found": len(ins.detect(img)), "ours_s": t["min_s"]})
     emit({"section": "faces", "machine": machine(), "rows": rows, "pack": pk.__name__})
 
 

@@ -11,14 +11,12 @@ second run, which reuses it). Runs only where CUDA is available (otherwise it sa
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import time
 
 import torch
-from common import EXAMPLES, REPO, GpuRows, emit, machine, size_workflow
+from common import EXAMPLES, REPO, emit, gpu_section, ksampler_rate, machine, size_workflow, training_rate, workflow_seconds
 
 # FLUX.1 [dev] as ComfyUI's model detection describes the public file (comfy.ldm.flux.model.Flux arguments)
 FLUX_DEV = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
@@ -92,38 +90,21 @@ def workflow(names: dict, size: int, steps: int, train_steps: int, train_res: in
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cpu-dry-run", action="store_true")
-    args = ap.parse_args()
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.cpu_dry_run:
-        emit({"section": "gpu_flux", "machine": machine(), "rows": [], "skipped": "No GPU on this machine: Flux GPU "
-              "mode not measured (it runs whenever CUDA is available)."})
+    started = gpu_section("gpu_flux", "Flux", "has_flux", FOLDERS)
+    if started is None:
         return
-    from common import comfy, pack
-    h = comfy()
-    pack()
+    h, models, dry, out = started
     import tiny_models as tm
-    if not tm.has_flux():
-        emit({"section": "gpu_flux", "machine": machine(), "rows": [], "skipped": "this ComfyUI has no Flux"})
-        return
     from comfyui_megaportrait.nodes import lora_comfy as lc
     from comfyui_megaportrait.nodes import lora_training as lt
 
     import nodes
-    dry = not cuda
-    models = os.path.join(h.work, "models")
-    for sub in FOLDERS:
-        os.makedirs(os.path.join(models, sub), exist_ok=True)
-        h.folder_paths.add_model_folder_path(sub, os.path.join(models, sub), is_default=True)
     if dry:       # the tiny test architecture, text encoders included (the test registration knows their widths)
         tm.register_flux()
         names = write_models(models, dict(tm.TINY_FLUX_UNET_CONFIG), {"clip_l_model_config": tm.TINY_FLUX_CLIP_L_CONFIG,
                              "t5xxl_model_config": tm.TINY_FLUX_T5_CONFIG}, (1, 1), "dry_flux")
     else:
         names = write_models(models, FLUX_DEV, {}, UNION_DEPTH, "random_flux")
-    out = GpuRows(cuda)
-    add, peak_reset, peak_gb, rows = out.add, out.peak_reset, out.peak_gb, out.rows
 
     size, train_res = (64, 64) if dry else (1024, 512)
     steps = 2 if dry else 20
@@ -136,41 +117,28 @@ def main():
         pos = [[t, {**d, "guidance": 3.5}] for t, d in enc]
         neg = [[torch.zeros_like(t), dict(d)] for t, d in enc]
         lat = {"samples": torch.zeros(1, 16, size // 8, size // 8)}
-        nodes.KSampler().sample(m, 0, 1, 1.0, "euler", "simple", pos, neg, lat)        # warm-up (loads the model)
-        peak_reset()
-        t0 = time.perf_counter()
-        nodes.KSampler().sample(m, 0, steps, 1.0, "euler", "simple", pos, neg, lat)
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        add(f"{label}: KSampler {size}x{size}, guidance 3.5, cfg 1, euler ({steps} steps)",
-            f"{steps / dt:.2f} it/s, peak VRAM {peak_gb()}")
+        rate = ksampler_rate(out, m, pos, neg, lat, steps, "euler")
+        out.add(f"{label}: KSampler {size}x{size}, guidance 3.5, cfg 1, euler ({steps} steps)",
+                f"{rate:.2f} it/s, peak VRAM {out.peak_gb()}")
     tsteps = 3 if dry else 30
     cfg = lt.TrainConfig(steps=tsteps, learning_rate=1e-4, rank=16, alpha=16, batch_size=1, resolution=train_res,
                          flip=False)
-    stamps = []
-    peak_reset()
+    out.peak_reset()
     with torch.inference_mode():
-        lc.train_identity_lora("bench", m, c, v, torch.rand(4, train_res, train_res, 3), "photo of sks person", cfg,
-                               os.path.join(models, "loras", "bench_flux.safetensors"), resume="off",
-                               checkpoint_every=0, gradient_checkpointing=True,
-                               on_progress=lambda s, l, ls: stamps.append(time.perf_counter()))
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    add(f"{label}: identity LoRA training at {train_res} px, batch 1, rank 16, gradient checkpointing",
-        f"{rate:.2f} it/s, 1000 steps = {1000 / rate / 60:.1f} min, peak VRAM {peak_gb()}")
+        rate = training_rate(lc.train_identity_lora, "bench", m, c, v, torch.rand(4, train_res, train_res, 3),
+                             "photo of sks person", cfg, os.path.join(models, "loras", "bench_flux.safetensors"),
+                             resume="off", checkpoint_every=0, gradient_checkpointing=True)
+    out.add(f"{label}: identity LoRA training at {train_res} px, batch 1, rank 16, gradient checkpointing",
+            f"{rate:.2f} it/s, 1000 steps = {1000 / rate / 60:.1f} min, peak VRAM {out.peak_gb()}")
     del m, c, v
     src = os.path.join(h.folder_paths.get_input_directory(), "megaportrait_bench")
     os.makedirs(src, exist_ok=True)
     shutil.copy(os.path.join(EXAMPLES, "grace_hopper.jpg"), src)
     wf_steps = 2 if dry else 25
-    prompt = workflow(names, size, wf_steps, tsteps, train_res)
-    h.run(prompt)                   # trains the identity LoRA (train once)
-    peak_reset()
-    t0 = time.perf_counter()
-    h.run(prompt)                   # reuses it: the pipeline itself
-    add(f"{label}: whole megaportrait_full_flux workflow at {size} px, LoRA trained ({wf_steps} steps per sampler)",
-        f"{time.perf_counter() - t0:.1f} s, peak VRAM {peak_gb()}")
-    emit({"section": "gpu_flux", "machine": machine(), "rows": rows, "dry_run": dry})
+    seconds = workflow_seconds(h, workflow(names, size, wf_steps, tsteps, train_res), out)
+    out.add(f"{label}: whole megaportrait_full_flux workflow at {size} px, LoRA trained ({wf_steps} steps per sampler)",
+            f"{seconds:.1f} s, peak VRAM {out.peak_gb()}")
+    emit({"section": "gpu_flux", "machine": machine(), "rows": out.rows, "dry_run": dry})
 
 
 if __name__ == "__main__":

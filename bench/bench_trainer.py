@@ -182,33 +182,20 @@ def run_saved_bytes(resolution: int, batch: int, fraction: float = 0.4) -> dict:
     by itself): a layer left out casts its weight per call, and the trainer must keep no copy of it."""
     m, c, v, photos = setup(resolution)
     import comfy.model_management as mm
-    from comfyui_megaportrait.nodes import comfy_compat
     from comfyui_megaportrait.nodes import lora_comfy as lc
     from comfyui_megaportrait.nodes import lora_training as lt
+    from partial_load import forced_partial_load
     cfg = lt.TrainConfig(steps=1, learning_rate=1e-4, rank=RANK, alpha=RANK, batch_size=batch, resolution=resolution,
                          flip=False)
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mp-bench-bytes-{os.getpid()}.safetensors")
-    real = comfy_compat.load_models
-
-    def partial(patchers, memory_required):
-        real(patchers, memory_required)
-        p = patchers[0]
-        budget = int(p.model_size() * fraction)
-        if hasattr(p, "patch_model_lowvram"):      # early 2024
-            p.patch_model_lowvram(p.load_device, budget)
-        else:
-            p.load(p.load_device, lowvram_model_memory=budget)
     out = {"weights": sum(t.numel() * t.element_size() for t in m.model.diffusion_model.parameters())}
-    for name, loader in (("full", real), ("partial", partial)):
+    for name in ("full", "partial"):
         mm.unload_all_models()
-        comfy_compat.load_models = loader
-        try:
-            with lt.saved_for_backward(exclude=list(m.model.parameters()) + list(m.model.buffers())) as saved, \
-                    torch.inference_mode():
-                lc.train_identity_lora("bench", m, c, v, photos[:batch], PROMPT, cfg, path, resume="off",
-                                       checkpoint_every=0)
-        finally:
-            comfy_compat.load_models = real
+        load = forced_partial_load(fraction) if name == "partial" else contextlib.nullcontext()
+        with load, lt.saved_for_backward(exclude=list(m.model.parameters()) + list(m.model.buffers())) as saved, \
+                torch.inference_mode():
+            lc.train_identity_lora("bench", m, c, v, photos[:batch], PROMPT, cfg, path, resume="off",
+                                   checkpoint_every=0)
         out[name] = saved["bytes"]
     mm.unload_all_models()
     return out

@@ -80,7 +80,8 @@ def size_workflow(prompt: dict, size: int, steps: int) -> dict:
         ct, inp = n["class_type"], n["inputs"]
         if ct == "MegaPortraitFaceCrop":
             inp["crop_size"] = size
-        elif ct in ("MegaPortraitDualStrengthIdentitySampler", "MegaPortraitShadingSampler", "MegaPortraitHarmonize"):
+        elif ct in ("MegaPortraitDualStrengthIdentitySampler", "MegaPortraitShadingSampler",
+                    "MegaPortraitShadingSamplerModelPatch", "MegaPortraitHarmonize"):
             inp["steps"] = steps
             if ct == "MegaPortraitHarmonize":
                 inp["working_resolution"] = size
@@ -148,6 +149,67 @@ class GpuRows:
     def peak_gb(self) -> str:
         import torch
         return f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GB" if self.cuda else "n/a (CPU)"
+
+
+def gpu_section(section: str, family: str, supported: str, folders: tuple) -> tuple | None:
+    """Start a family's GPU section (bench_gpu_flux, bench_gpu_zimage): without CUDA and without ``--cpu-dry-run``,
+    or on a ComfyUI where ``tiny_models.<supported>()`` is false, emit the skipped section and return None; else
+    the harness, its models folder with ``folders`` registered first, whether this is the CPU dry run, and the
+    section's GpuRows."""
+    import argparse
+
+    import torch
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cpu-dry-run", action="store_true")
+    cuda = torch.cuda.is_available()
+    if not cuda and not ap.parse_args().cpu_dry_run:
+        emit({"section": section, "machine": machine(), "rows": [], "skipped": f"No GPU on this machine: {family} "
+              "GPU mode not measured (it runs whenever CUDA is available)."})
+        return None
+    h = comfy()
+    pack()
+    import tiny_models
+    if not getattr(tiny_models, supported)():
+        emit({"section": section, "machine": machine(), "rows": [], "skipped": f"this ComfyUI has no {family}"})
+        return None
+    models = os.path.join(h.work, "models")
+    for sub in folders:
+        os.makedirs(os.path.join(models, sub), exist_ok=True)
+        h.folder_paths.add_model_folder_path(sub, os.path.join(models, sub), is_default=True)
+    return h, models, not cuda, GpuRows(cuda)
+
+
+def ksampler_rate(out: GpuRows, model, positive, negative, latent: dict, steps: int, sampler: str) -> float:
+    """KSampler it/s (cfg 1, ``sampler`` with the simple schedule) after a one-step warm-up that loads the model;
+    the peak VRAM mark is reset after the warm-up."""
+    import torch
+
+    import nodes
+    nodes.KSampler().sample(model, 0, 1, 1.0, sampler, "simple", positive, negative, latent)
+    out.peak_reset()
+    t0 = time.perf_counter()
+    nodes.KSampler().sample(model, 0, steps, 1.0, sampler, "simple", positive, negative, latent)
+    if out.cuda:
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t0)
+
+
+def training_rate(train, *args, **kwargs) -> float:
+    """Steps per second of ``train(*args, on_progress=..., **kwargs)`` (a training run, e.g. train_identity_lora),
+    between its first and last progress call."""
+    stamps = []
+    train(*args, on_progress=lambda step, loss, losses: stamps.append(time.perf_counter()), **kwargs)
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def workflow_seconds(h, prompt: dict, out: GpuRows) -> float:
+    """Seconds of a shipped workflow's second run: the first trains its identity LoRA, the second reuses it (the
+    pipeline itself); the peak VRAM mark is reset between them."""
+    h.run(prompt)
+    out.peak_reset()
+    t0 = time.perf_counter()
+    h.run(prompt)
+    return time.perf_counter() - t0
 
 
 def emit(result: dict) -> None:

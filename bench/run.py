@@ -1,6 +1,6 @@
 """Run every benchmark section (each in its own process) and write results/results.json + results/results.md.
 
-    python bench/run.py [--out bench/results] [--only image_ops,faces,face_memory,sampling,trainer,pipeline,gpu,gpu_flux]
+    python bench/run.py [--out bench/results] [--only image_ops,faces,face_memory,sampling,trainer,pipeline,gpu,gpu_flux,gpu_zimage]
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ SECTIONS = {
     "pipeline": ["bench_pipeline.py"],
     "gpu": ["bench_gpu.py"],
     "gpu_flux": ["bench_gpu_flux.py"],
+    "gpu_zimage": ["bench_gpu_zimage.py"],
     "face_memory": ["bench_face_memory.py"],
     "maps_memory": ["bench_memory.py"],
     "batch": ["bench_batch.py"],
@@ -110,9 +111,13 @@ def to_markdown(results: list, started: str) -> str:
             out += ["| operation | photo | faces in it | found | time | old shrunken pass: found | time | "
                     "without the tilted passes: found | time |", "|---|---|---|---|---|---|---|---|---|"]
             for x in r["rows"]:
+                if x.get("error"):
+                    out.append(f"| {x['op']} | {x['size']} | {x['faces']} | {x['error']} | | | | | |")
+                    continue
                 up = (f"{x['upright_found']} | {fmt_ms(x['upright_s'])}" if "upright_s" in x else "- | -")
+                old = (f"{x['old_found']} | {fmt_ms(x['old_s'])}" if "old_s" in x else "- | -")
                 out.append(f"| {x['op']} | {x['size']} | {x['faces']} | {x['ours_found']} | {fmt_ms(x['ours_s'])} | "
-                           f"{x['old_found']} | {fmt_ms(x['old_s'])} | {up} |")
+                           f"{old} | {up} |")
         elif name in ("sampling", "pipeline"):
             out += ["| operation | model | size | ours | stock nodes | ratio |", "|---|---|---|---|---|---|"]
             for x in r["rows"]:
@@ -138,7 +143,7 @@ def to_markdown(results: list, started: str) -> str:
                     out.append(f"| {x['op']} | {x['error']} | | |")
                 else:
                     out.append(f"| {x['op']} | {fmt_ms(x['ours_s'])} | {fmt_ms(x['reference_s'])} | {x['ratio']:.2f}x |")
-        elif name in ("gpu", "gpu_flux"):
+        elif name in ("gpu", "gpu_flux", "gpu_zimage"):
             out += ["| measurement | value |", "|---|---|"]
             for x in r["rows"]:
                 out.append(f"| {x['op']} | {x['value']} |")

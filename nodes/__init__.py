@@ -9,6 +9,7 @@
     shading           stage 3: Shading Net (two ControlNets)
     paste_back        stage 4: landmark-aligned paste-back, face and seam masks
     harmonize         stage 5: Harmonization Net (masked inpainting)
+    people            several people in one photo: PEOPLE, each face with its own person's model
     common, deps, sampling   shared helpers
     image_ops         the image operations every stage shares (masks, resizing, channels, colour)
     align, face_search       face geometry, and where the detectors look
@@ -21,7 +22,7 @@ from . import deps
 from .common import display_name, log
 
 STAGE_MODULES = ("face_analysis", "face_crop", "source_photos", "identity_lora", "identity_sampler", "maps",
-                 "shading", "paste_back", "harmonize")
+                 "shading", "paste_back", "harmonize", "people")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

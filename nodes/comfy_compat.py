@@ -157,6 +157,19 @@ def checkpoint_state_dict(base_model, unet_sd: dict, clip_sd: dict | None, vae_s
     return base_model.state_dict_for_saving(clip_sd, vae_sd)
 
 
+def encode_tokens(clip, tokens) -> tuple:
+    """(cond, pooled, extras) of ``CLIP.encode_from_tokens``: ``extras`` are the text encoder's outputs besides the
+    condition and the pooled output (Z-Image's and Lumina 2's ``attention_mask``, HunyuanDiT's ...), which
+    ``encode_from_tokens(..., return_dict=True)`` returns since mid-2024 (HunyuanDiT support); the early-2024 host
+    has no ``return_dict`` and its text encoders give no extras ({})."""
+    if "return_dict" not in inspect.signature(clip.encode_from_tokens).parameters:
+        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+        return cond, pooled, {}
+    out = dict(clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True))
+    cond, pooled = out.pop("cond"), out.pop("pooled_output", None)
+    return cond, pooled, out
+
+
 def latent_channels(model) -> int:
     """Channels of the MODEL's latent. ``LatentFormat.latent_channels`` came in 2024 (SD3, Flux); the early-2024 host
     has only 4-channel latent formats."""

@@ -22,6 +22,8 @@ TITLES = {
     "MegaPortraitFaceSimilarity": "Face Similarity",
     "MegaPortraitSelectBestIdentity": "Select Best Identity",
     "MegaPortraitFaceCrop": "Face Crop",
+    "MegaPortraitAddPerson": "Add Person",
+    "MegaPortraitAssignFacesToPeople": "Assign Faces to People",
     "MegaPortraitLoadSourcePhotos": "Load Source Photos",
     "MegaPortraitIdentityLoraTrainer": "Identity LoRA Trainer",
     "MegaPortraitLoadIdentityLora": "Load Identity LoRA",
@@ -57,18 +59,36 @@ class MegaPortraitError(ValueError):
         super().__init__(msg)
 
 
-def require(module: str, node: str, pip_name: str | None = None, purpose: str = ""):
-    """Import an optional dependency lazily, or raise a MegaPortraitError that says how to install it."""
+class MissingPackage(ImportError):
+    """An optional package is not installed: raised by the pure layers (no node name); ``require`` (or a node that
+    catches it) turns it into a MegaPortraitError naming the node."""
+
+    def __init__(self, module: str, pip_name: str, purpose: str, cause: Exception):
+        self.module, self.pip_name, self.purpose, self.cause = module, pip_name, purpose, cause
+        what = f" (needed for {purpose})" if purpose else ""
+        super().__init__(f"the Python package '{pip_name}' is not installed or failed to import{what}: {cause}.")
+
+
+def import_optional(module: str, pip_name: str | None = None, purpose: str = ""):
+    """Import an optional dependency lazily, or raise MissingPackage (for the pure layers)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        pip_name = pip_name or module
-        what = f" (needed for {purpose})" if purpose else ""
-        raise MegaPortraitError(
-            node,
-            f"the Python package '{pip_name}' is not installed or failed to import{what}: {e}.",
-            f"install it into ComfyUI's Python: python -m pip install {pip_name}, then restart ComfyUI.",
-        ) from e
+        raise MissingPackage(module, pip_name or module, purpose, e) from e
+
+
+def missing_package_error(node: str, e: MissingPackage) -> MegaPortraitError:
+    """The node's error for a MissingPackage: what is missing and how to install it."""
+    return MegaPortraitError(node, str(e), f"install it into ComfyUI's Python: python -m pip install {e.pip_name}, "
+                                           "then restart ComfyUI.")
+
+
+def require(module: str, node: str, pip_name: str | None = None, purpose: str = ""):
+    """Import an optional dependency lazily, or raise a MegaPortraitError that says how to install it."""
+    try:
+        return import_optional(module, pip_name, purpose)
+    except MissingPackage as e:
+        raise missing_package_error(node, e) from e
 
 
 def check_choice(node: str, name: str, value, allowed) -> None:

@@ -36,7 +36,18 @@ import torch
 
 from . import face_search
 from .align import invert, transform_points
-from .common import CATEGORY, MegaPortraitError, check_bool, check_choice, check_image, check_int, check_number, log, require
+from .common import (
+    CATEGORY,
+    TITLES,
+    MegaPortraitError,
+    check_bool,
+    check_choice,
+    check_image,
+    check_int,
+    check_number,
+    log,
+    require,
+)
 from .image_ops import to_uint8_rgb
 
 BACKENDS = ("dlib", "insightface")
@@ -46,7 +57,16 @@ DLIB_FILES = {
     "shape5": "shape_predictor_5_face_landmarks.dat",
     "shape68": "shape_predictor_68_face_landmarks.dat",
     "recognition": "dlib_face_recognition_resnet_model_v1.dat",
+    "cnn": "mmod_human_face_detector.dat",
 }
+# dlib's CNN face detector (MMOD), the optional second pass for faces turned three-quarter or looking down, which the
+# frontal HOG detector misses: it finds faces from about CNN_WINDOW px at scale 1 (measured: 80 px boxes), so it runs
+# on the image shrunk (never enlarged) so that faces of max(min_face, CNN_WINDOW) fill its window; ~20 s per Mpx on
+# one slow CPU core (bench/bench_faces.py), hence off by default.
+TURNED_FACES = ("HOG only", "HOG + CNN (turned faces)")
+CNN_WINDOW = 80.0
+CNN_MIN_CONFIDENCE = 0.3
+CNN_MAX_PASS_PX = 4e6      # one CNN run on 4.5 Mpx peaks at ~4.7 GB of RAM: larger images run in tiles
 DLIB_WINDOW = 72.0       # the smallest face box dlib's HOG detector finds at scale 1 (measured: 73 px)
 SCRFD_WINDOW = 16.0      # the same for insightface's SCRFD, in pixels of its det_size input
 MAX_PASS_PX = 16e6       # the largest (enlarged) image one detector run takes; larger searches run in tiles
@@ -181,7 +201,7 @@ class _DlibBackend:
     threshold = 0.6
     embedding_size = 128
 
-    def __init__(self, node: str, landmarks: str, refine: bool):
+    def __init__(self, node: str, landmarks: str, refine: bool, cnn: bool = False):
         dlib = require("dlib", node, "dlib-bin", "the dlib face backend")
         d = dlib_model_dir()
         if d is None:
@@ -205,6 +225,16 @@ class _DlibBackend:
         self.kind = "dlib68" if want == "shape68" else "dlib5"
         self.refine = refine
         self.lock = threading.Lock()
+        self.cnn = None
+        if cnn:
+            path = os.path.join(d, DLIB_FILES["cnn"])
+            try:
+                self.cnn = dlib.cnn_face_detection_model_v1(path)
+            except RuntimeError as e:       # missing, empty or truncated file
+                raise MegaPortraitError(node, f"dlib's CNN face detector {path} cannot be loaded "
+                                              f"({str(e).strip()[:200]}).",
+                                        "reinstall face-recognition-models==0.3.0 (it ships "
+                                        f"{DLIB_FILES['cnn']}), or set turned_faces to 'HOG only'.") from e
 
     def detect(self, img: np.ndarray, threshold: float, det_size: int, min_face: float,
                tilt: bool = True) -> list[Face]:
@@ -212,12 +242,35 @@ class _DlibBackend:
         such a face fills its window, in tiles when that is large; landmarks on the full-resolution image. With
         ``tilt``, the image turned by each of TILT_ANGLES is searched too (faces from TILT_MIN_FACE_FACTOR x
         ``min_face``, threshold + TILT_THRESHOLD_MARGIN), which finds heads tilted further than the detector's own
-        reach (about 35 degrees)."""
+        reach (about 35 degrees). With the CNN pass (turned_faces), dlib's CNN detector adds the faces the HOG
+        passes lack (faces turned three-quarter or looking down)."""
         boxes, scores = self._hog_search(img, threshold, min_face)
         faces = [Face(b, float(s), self.landmarks(img, b), self.kind) for b, s in zip(boxes, scores)]
         if tilt:
             faces += self._tilted(img, threshold + TILT_THRESHOLD_MARGIN, min_face * TILT_MIN_FACE_FACTOR, faces)
+        if self.cnn is not None:
+            faces += self._cnn_faces(img, min_face, faces)
         return faces
+
+    def _cnn_faces(self, img: np.ndarray, min_face: float, found: list[Face]) -> list[Face]:
+        """The faces dlib's CNN detector finds that ``found`` lacks (from max(min_face, CNN_WINDOW) px; the image
+        is shrunk for larger faces, never enlarged), with landmarks predicted on their boxes."""
+        h, w = img.shape[:2]
+        passes = face_search.plan(h, w, CNN_WINDOW, max(min_face, CNN_WINDOW), CNN_MAX_PASS_PX)
+
+        def cnn(region):
+            with self.lock:
+                dets = self.cnn(region, 0)
+            keep = [d for d in dets if d.confidence >= CNN_MIN_CONFIDENCE]
+            return ([(d.rect.left(), d.rect.top(), d.rect.right() + 1, d.rect.bottom() + 1) for d in keep],
+                    [float(d.confidence) for d in keep], None)
+        boxes, scores, _ = face_search.run(img, passes, cnn)
+        if len(boxes) == 0:
+            return []
+        centers = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+        sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        new = face_search.new_faces(centers, sizes, [f.center for f in found], [f.size for f in found])
+        return [Face(boxes[i], float(scores[i]), self.landmarks(img, boxes[i]), self.kind) for i in new]
 
     def _hog_search(self, img: np.ndarray, threshold: float, min_face: float):
         h, w = img.shape[:2]
@@ -413,9 +466,10 @@ class BackendSpec:
 
 BACKEND_SPECS: dict[str, BackendSpec] = {
     "dlib": BackendSpec(
-        "dlib", _DlibBackend.can, lambda fa: (fa.landmarks, fa.refine_landmarks),
-        lambda fa: _DlibBackend(fa.node, fa.landmarks, fa.refine_landmarks),
-        lambda fa, b: f"dlib ({fa.landmarks} landmarks, faces from {fa.min_face} px, Euclidean distance, "
+        "dlib", _DlibBackend.can, lambda fa: (fa.landmarks, fa.refine_landmarks, fa.turned_faces),
+        lambda fa: _DlibBackend(fa.node, fa.landmarks, fa.refine_landmarks, fa.turned_faces == TURNED_FACES[1]),
+        lambda fa, b: f"dlib ({fa.landmarks} landmarks, faces from {fa.min_face} px"
+                      f"{', CNN pass for turned faces' if b.cnn is not None else ''}, Euclidean distance, "
                       f"threshold {b.threshold})"),
     "insightface": BackendSpec(
         "insightface", _InsightFaceBackend.can, lambda fa: (fa.insightface_pack, fa.provider, fa.det_size),
@@ -440,6 +494,7 @@ class FaceAnalyzer:
     refine_landmarks: bool = True           # dlib only: sub-pixel averaging
     insightface_pack: str = "buffalo_l"
     provider: str = "auto"
+    turned_faces: str = TURNED_FACES[0]     # dlib only: also dlib's CNN detector (faces turned three-quarter)
     node: str = field(default="Face Analysis", compare=False)
 
     @property
@@ -573,12 +628,17 @@ class FaceAnalysisLoader:
                          "about 0.8 of the face's width: 32 finds faces ~40 px wide). dlib enlarges the image by "
                          "72/min_face for the search, so halving it costs ~4x the time; raise it for speed on large "
                          "photos of big faces."}),
+            "turned_faces": (list(TURNED_FACES), {"default": TURNED_FACES[0], "tooltip":
+                             "dlib only. HOG + CNN: also run dlib's CNN face detector, which finds faces turned "
+                             "three-quarter or looking down that the frontal HOG detector misses (from 80 px; about "
+                             "20 s per Mpx on one CPU core, so off by default)."}),
         }}
 
     def load(self, backend, det_threshold, det_size, landmarks="5-point", refine_landmarks=True,
-             insightface_pack="buffalo_l", provider="auto", min_face=DEFAULT_MIN_FACE):
-        node = "Face Analysis Loader"
+             insightface_pack="buffalo_l", provider="auto", min_face=DEFAULT_MIN_FACE, turned_faces=TURNED_FACES[0]):
+        node = TITLES["MegaPortraitFaceAnalysisLoader"]
         check_choice(node, "backend", backend, BACKENDS)
+        check_choice(node, "turned_faces", turned_faces, TURNED_FACES)
         check_choice(node, "landmarks", landmarks, ("5-point", "68-point"))
         check_choice(node, "provider", provider, PROVIDERS)
         det_threshold = check_number(node, "det_threshold", det_threshold, -2.0, 1.0)
@@ -591,7 +651,8 @@ class FaceAnalysisLoader:
                                     "paths are not allowed.")
         fa = FaceAnalyzer(backend=backend, det_threshold=det_threshold, det_size=det_size,
                           landmarks=landmarks, refine_landmarks=check_bool(node, "refine_landmarks", refine_landmarks),
-                          insightface_pack=insightface_pack, provider=provider, node=node, min_face=min_face)
+                          insightface_pack=insightface_pack, provider=provider, node=node, min_face=min_face,
+                          turned_faces=turned_faces)
         fa.load()
         log.info("MegaPortrait: face analysis ready: %s", fa.describe())
         return (fa,)
@@ -623,7 +684,7 @@ class FaceSimilarity:
         }}
 
     def compare(self, face_analysis, image_a, image_b, on_no_face="error"):
-        node = "Face Similarity"
+        node = TITLES["MegaPortraitFaceSimilarity"]
         check_choice(node, "on_no_face", on_no_face, ("error", "report"))
         ref = identity_embedding(node, face_analysis, image_a, "image_a")
         image_b = check_image(node, image_b, "image_b")
@@ -667,7 +728,7 @@ class SelectBestIdentity:
         }}
 
     def select(self, face_analysis, source, candidates):
-        node = "Select Best Identity"
+        node = TITLES["MegaPortraitSelectBestIdentity"]
         ref = identity_embedding(node, face_analysis, source, "source")
         candidates = check_image(node, candidates, "candidates")
         distances = []

@@ -20,7 +20,7 @@ import torch
 
 from . import align
 from .align import border_fraction, crop_matrix, transform_points, warp
-from .common import CATEGORY, MegaPortraitError, check_image, check_int, check_number, log
+from .common import CATEGORY, TITLES, MegaPortraitError, check_image, check_int, check_number, log
 from .face_analysis import Face, FaceAnalyzer, identity_embedding
 from .image_ops import redetect_min_face, rgb_numpy, to_uint8, to_uint8_rgb
 
@@ -277,7 +277,7 @@ class FaceCropNode:
         }}
 
     def crop(self, face_analysis, image, crop_size, context, selection, index, min_face_size, identity=None):
-        node = "Face Crop"
+        node = TITLES["MegaPortraitFaceCrop"]
         context = check_number(node, "context", context, 0.0, 3.0)
         crop_size, index = check_int(node, "crop_size", crop_size, 64, 4096), check_int(node, "index", index, 0, 64)
         min_face_size = check_int(node, "min_face_size", min_face_size, 8, 4096)

@@ -124,7 +124,6 @@ FAMILIES = (
     Family("Z-Image", "zimage", "z-image/lora", ("Lumina2",), 16, 8, 2560,
            (("qwen3_4b", "lora_te"),), "lora_unet", _ZIMAGE_TARGETS, te_lora_targets=_QWEN_TE_TARGETS,
            default_resolution=1024, target="flow", train_conds=("attention_mask",), te_trainable=(),
-           trainable=False,       # the training facts are here; the trainer sets this once it is wired and tested
            inplace_blocks=(),     # NextDiT's JointTransformerBlock and the Qwen3 layers add out of place (0.33)
            checkpoint_blocks=("JointTransformerBlock",), exact_class=True, config_classes=("ZImage",),
            control=MODEL_PATCH, control_classes=("ZImage_Control",), control_node="ZImageFunControlnet",
@@ -239,6 +238,12 @@ def control_text_width(control_model) -> int | None:
         if _CONTROL_TEXT_LAYERS.fullmatch(name) and w is not None and w.ndim == 2:
             return int(w.shape[1])
     return None
+
+
+def control_inpaints(control_model) -> bool:
+    """Whether a loaded model-patch control has an inpaint mode (a masked image and mask as extra inputs: the Z-Image
+    Fun union ControlNets 2.0+, ``additional_in_dim`` > 0; the tile-only ones have none)."""
+    return int(getattr(control_model, "additional_in_dim", 0) or 0) > 0
 
 
 def describe_control(control_model) -> str:

@@ -13,10 +13,19 @@ import math
 import torch
 
 from . import comfy_compat, families
-from .common import CATEGORY, MegaPortraitError, check_bool, check_image, check_int, check_mask, check_number
+from . import people as people_mod
+from .common import CATEGORY, TITLES, MegaPortraitError, check_bool, check_image, check_int, check_mask, check_number
 from .image_ops import mask_box, mask_parts, pad_mask_to_multiple, pad_to_multiple, prepare_mask, resize, resize_mask
 from .lora_files import load_lora_file, lora_fit_problem
-from .sampling import apply_controlnet, check_controlnet, decode, model_context_dim, sampling_inputs
+from .sampling import (
+    apply_controlnet,
+    apply_model_patch,
+    check_controlnet,
+    check_model_patch,
+    decode,
+    model_context_dim,
+    sampling_inputs,
+)
 
 
 def working_size(bw: int, bh: int, resolution: int) -> tuple[int, int]:
@@ -35,25 +44,32 @@ def inpaint_hint(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def harmonize_one(node: str, model, positive, negative, vae, image: torch.Tensor, mask: torch.Tensor, seed: int,
                   steps: int, cfg: float, sampler_name: str, scheduler: str, denoise: float, grow: int, feather: int,
                   crop_to_mask: bool, padding: float, resolution: int, control_net=None, control_strength: float = 1.0,
-                  inpaint: bool = False):
+                  inpaint: bool = False, model_patch=None, choose=None):
     """One image [H, W, C] and mask [H, W] -> (image [H, W, C], [sampled latent dict per part]). With crop_to_mask,
     every separate part of the mask is sampled in its own box (the same seed), left to right. ``inpaint``: ``model``
     is an inpainting model (FLUX.1 Fill, SD inpainting), conditioned on the masked image as the stock
-    InpaintModelConditioning does; otherwise masked img2img."""
+    InpaintModelConditioning does; otherwise masked img2img. ``model_patch``: a model-patch control with an inpaint
+    mode (Z-Image's Fun union ControlNet) given each box's masked image and mask, on top of masked img2img.
+    ``choose(box) -> (model, positive) | None``: the model and prompt of the mask part in ``box`` (several people:
+    the person whose face the seam surrounds); every part is then sampled on its own."""
     m = prepare_mask(mask, grow, feather)
     if float(m.max()) <= 0.0 or denoise <= 0:
         return image.clone(), []
     out = image.clone()
     latents = []
-    for part in (mask_parts(m) if crop_to_mask else [m]):
-        lat = _sample_part(model, positive, negative, vae, out, part, seed, steps, cfg, sampler_name, scheduler, denoise,
-                           crop_to_mask, padding, resolution, control_net, control_strength, inpaint)
+    for part in (mask_parts(m) if crop_to_mask or choose is not None else [m]):
+        mp = choose(mask_box(part, 0.0)) if choose is not None else None
+        part_model, part_positive = mp if mp is not None else (model, positive)
+        lat = _sample_part(node, part_model, part_positive, negative, vae, out, part, seed, steps, cfg, sampler_name,
+                           scheduler, denoise, crop_to_mask, padding, resolution, control_net, control_strength, inpaint,
+                           model_patch)
         latents.append(lat)
     return out, latents
 
 
-def _sample_part(model, positive, negative, vae, out: torch.Tensor, m: torch.Tensor, seed, steps, cfg, sampler_name,
-                 scheduler, denoise, crop_to_mask, padding, resolution, control_net, control_strength, inpaint) -> dict:
+def _sample_part(node: str, model, positive, negative, vae, out: torch.Tensor, m: torch.Tensor, seed, steps, cfg,
+                 sampler_name, scheduler, denoise, crop_to_mask, padding, resolution, control_net, control_strength, inpaint,
+                 model_patch=None) -> dict:
     """Inpaint where the prepared mask ``m`` [H, W] is > 0 and stitch the result into ``out`` [H, W, C] in place."""
     import nodes as comfy_nodes
     h, w = out.shape[:2]
@@ -73,6 +89,9 @@ def _sample_part(model, positive, negative, vae, out: torch.Tensor, m: torch.Ten
     pos, neg = positive, negative
     if control_net is not None and control_strength > 0:
         pos, neg = apply_controlnet(pos, neg, control_net, inpaint_hint(work, work_m), control_strength, 0.0, 1.0, vae)[:2]
+    if model_patch is not None and control_strength > 0:    # the stock ZImageFunControlnet's inpaint mode
+        model = apply_model_patch(node, model, model_patch, vae, None, control_strength, 0.0, 1.0,
+                                  inpaint_image=work, mask=work_m[None])
     if inpaint:     # the stock node: masked image + mask as the model's extra inputs, noise mask on the latent
         pos, neg, latent = comfy_nodes.InpaintModelConditioning().encode(pos, neg, work, vae, work_m[None])
     else:
@@ -126,9 +145,17 @@ def inpaint_setup(node: str, model, inpaint_model, positive, lora_name: str | No
     return inpaint_model, positive
 
 
+def _chooser(people, per_person: dict, image_index: int):
+    def choose(box):
+        person = people_mod.person_of_part(people, image_index, box)
+        return None if person is None else per_person[person.name]
+    return choose
+
+
 class Harmonize:
     DESCRIPTION = ("MegaPortrait Harmonization Net: inpaints around the pasted face's seam (or the whole face) so face and "
-                   "body fuse, with model (masked img2img) or an inpainting model (FLUX.1 Fill, SD inpainting). "
+                   "body fuse, with model (masked img2img; on Z-Image guided by the Fun ControlNet union patch's "
+                   "inpaint mode) or an inpainting model (FLUX.1 Fill, SD inpainting). "
                    "crop_to_mask samples only a padded box around the mask at a working resolution and stitches it back; "
                    "pixels outside the feathered mask are exactly the input's.")
     CATEGORY = f"{CATEGORY}/Sampling"
@@ -172,7 +199,7 @@ class Harmonize:
             "control_net": ("CONTROL_NET", {"tooltip": "Optional inpainting ControlNet (e.g. control_v11p_sd15_inpaint): its "
                                                        "hint is the region with masked pixels set to -1."}),
             "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
-                                 "Inpainting ControlNet strength."}),
+                                 "Strength of the inpainting ControlNet or inpaint model patch."}),
             "inpaint_model": ("MODEL", {"tooltip": "Optional inpainting model (FLUX.1 Fill, or an SD inpainting checkpoint "
                                                    "of model's family): when connected it inpaints instead of model, "
                                                    "conditioned on the masked image; otherwise model does masked img2img."}),
@@ -183,12 +210,20 @@ class Harmonize:
             "fill_guidance": ("FLOAT", {"default": 30.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
                               "Guidance given to a FLUX.1 Fill inpaint_model (30 is its recommended value; the prompt's "
                               "FluxGuidance is for the dev model)."}),
+            "inpaint_model_patch": ("MODEL_PATCH", {"tooltip":
+                                    "Optional, Z-Image: the Fun ControlNet union patch (ModelPatchLoader) in its inpaint "
+                                    "mode: each box's image and mask guide model (with the identity LoRA) while it "
+                                    "redraws the masked region. Empty: masked img2img."}),
+            "people": ("PEOPLE", {"tooltip": "Several people in one photo: Assign Faces to People's people. Each part "
+                                             "of the mask is sampled with the model (and prompt; with inpaint_model, "
+                                             "the LoRA) of the person whose face it surrounds."}),
         }}
 
     def harmonize(self, model, positive, negative, vae, image, mask, seed, steps, cfg, sampler_name, scheduler, denoise,
                   grow, feather, crop_to_mask, padding, working_resolution, control_net=None, control_strength=1.0,
-                  inpaint_model=None, lora_name=None, inpaint_lora_strength=1.0, fill_guidance=30.0):
-        node = "Harmonize"
+                  inpaint_model=None, lora_name=None, inpaint_lora_strength=1.0, fill_guidance=30.0,
+                  inpaint_model_patch=None, people=None):
+        node = TITLES["MegaPortraitHarmonize"]
         inpaint_lora_strength = check_number(node, "inpaint_lora_strength", inpaint_lora_strength, -4.0, 4.0)
         fill_guidance = check_number(node, "fill_guidance", fill_guidance, 0.0, 100.0)
         cfg, denoise = check_number(node, "cfg", cfg, 0.0, 100.0), check_number(node, "denoise", denoise, 0.0, 1.0)
@@ -203,16 +238,33 @@ class Harmonize:
             raise MegaPortraitError(node, "no mask given.", "connect Paste Back's seam_mask or face_mask.")
         if working_resolution % 8:
             raise MegaPortraitError(node, f"working_resolution {working_resolution} is not a multiple of 8.", "use 512 or 1024.")
+        per_person = {}
+        if people is not None:      # several people: each seam with the model of the person whose face it surrounds
+            for person, _ in people_mod.groups(node, people, len(getattr(people, "faces", ())) or -1, "people"):
+                pm, pp = person.model, person.positive or positive
+                if inpaint_model is not None:
+                    pm, pp = inpaint_setup(node, pm, inpaint_model, pp, person.lora_name or lora_name,
+                                           inpaint_lora_strength, fill_guidance)
+                per_person[person.name] = (pm, pp)
         if inpaint_model is not None:
             model, positive = inpaint_setup(node, model, inpaint_model, positive, lora_name, inpaint_lora_strength,
                                             fill_guidance)
         if control_net is not None and control_strength > 0:
             check_controlnet(node, "control_net", control_net, model)
+        if inpaint_model_patch is not None:
+            check_model_patch(node, "inpaint_model_patch", inpaint_model_patch, model)
+            if not families.control_inpaints(inpaint_model_patch.model):
+                raise MegaPortraitError(node, "'inpaint_model_patch' has no inpaint mode (no masked-image inputs: e.g. a "
+                                              "tile-only Fun ControlNet).",
+                                        "load the Fun ControlNet union patch (2.0 or newer) with ModelPatchLoader, or "
+                                        "leave inpaint_model_patch empty for masked img2img.")
         images, latents = [], []
         for i in range(image.shape[0]):
             out, lats = harmonize_one(node, model, positive, negative, vae, image[i], mask[i], (seed + i) % 2 ** 64, steps,
                                       cfg, sampler_name, scheduler, denoise, grow, feather, crop_to_mask, padding,
-                                      working_resolution, control_net, control_strength, inpaint_model is not None)
+                                      working_resolution, control_net, control_strength, inpaint_model is not None,
+                                      inpaint_model_patch,
+                                      _chooser(people, per_person, i) if people is not None else None)
             images.append(out)
             latents.append(lats[0] if len(lats) == 1 else None)
         shapes = {tuple(lat["samples"].shape[1:]) for lat in latents if lat is not None}

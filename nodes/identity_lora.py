@@ -20,18 +20,34 @@ import numpy as np
 from . import lora_comfy as lc
 from . import lora_files as lf
 from . import lora_training as lt
-from .common import CATEGORY, MegaPortraitError, check_bool, check_choice, check_image, check_int, check_number, log
+from .common import (
+    CATEGORY,
+    TITLES,
+    MegaPortraitError,
+    check_bool,
+    check_choice,
+    check_image,
+    check_int,
+    check_mask,
+    check_number,
+    log,
+    require,
+)
 
 IF_EXISTS = ("increment name", "overwrite", "error")
 IF_TRAINED = ("reuse", "train again")
 RESUME = ("auto", "off")
+# The loss weight outside the face masks: a quarter keeps the background and clothes anchored to the base model (at 0
+# nothing holds them, and a LoRA that never saw them drifts them) while a face of a third of the photo gets about two
+# thirds of the loss instead of a third (README, "Face-weighted loss").
+BACKGROUND_WEIGHT = 0.25
 
 
-def _folder_loras() -> str:
+def _folder_loras(node: str) -> str:
     import folder_paths
     paths = folder_paths.get_folder_paths("loras")
     if not paths:
-        raise MegaPortraitError("Identity LoRA Trainer", "ComfyUI has no 'loras' model folder configured.",
+        raise MegaPortraitError(node, "ComfyUI has no 'loras' model folder configured.",
                                 "check extra_model_paths.yaml or create ComfyUI/models/loras.")
     return paths[0]
 
@@ -68,6 +84,20 @@ def _lora_candidates(loras_dir: str, preferred: str):
             yield n.replace("\\", "/"), path
 
 
+def _output_model(node: str, model, output_model):
+    """The MODEL the trainer returns with the LoRA: ``output_model`` when connected (it must be of the trained
+    MODEL's family: the LoRA's layers are that family's), else the trained ``model``."""
+    if output_model is None:
+        return model
+    trained, other = lc.family_of(model), lc.family_of(output_model)
+    if other is not trained:
+        raise MegaPortraitError(node, f"'output_model' is {other.name} but the LoRA trains on 'model', which is "
+                                      f"{trained.name}.",
+                                "connect a MODEL of the same family to output_model (e.g. the same checkpoint without "
+                                "its training adapter), or leave it empty.")
+    return output_model
+
+
 # ----------------------------------------------------------------------------------------------- nodes
 class IdentityLoraTrainer:
     DESCRIPTION = ("MegaPortrait Identity Net: trains an identity LoRA on 3-20 photos of the source person, on the MODEL "
@@ -76,7 +106,8 @@ class IdentityLoraTrainer:
     CATEGORY = f"{CATEGORY}/Identity"
     RETURN_TYPES = ("MODEL", "CLIP", "STRING", "IMAGE")
     RETURN_NAMES = ("model", "clip", "lora_name", "loss_curve")
-    OUTPUT_TOOLTIPS = ("The input MODEL with the trained LoRA applied (a clone; the input is unchanged).",
+    OUTPUT_TOOLTIPS = ("The input MODEL (or output_model) with the trained LoRA applied (a clone; the input is "
+                       "unchanged).",
                        "The input CLIP, with the text-encoder LoRA when trained (a clone).",
                        "File name of the LoRA in models/loras (for LoraLoader / Load Identity LoRA).",
                        "Loss per step (raw and smoothed).")
@@ -85,8 +116,8 @@ class IdentityLoraTrainer:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The checkpoint to personalise (SD1.5 or SDXL; other LoRAs applied upstream are "
-                                           "baked into the training copy)."}),
+            "model": ("MODEL", {"tooltip": "The checkpoint to personalise (SD1.5, SDXL, Flux.1 or Z-Image; other LoRAs "
+                                           "applied upstream are baked into the training copy)."}),
             "clip": ("CLIP", {"tooltip": "Its text encoder(s): encodes the instance prompt (and is trained when "
                                          "train_text_encoder is on)."}),
             "vae": ("VAE", {"tooltip": "Its VAE: encodes the photos to latents."}),
@@ -108,7 +139,7 @@ class IdentityLoraTrainer:
                       "LoRA alpha: the update is scaled by alpha/rank. alpha = rank (default) means scale 1."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Photos per step."}),
             "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip":
-                           "Training resolution (512 for SD1.5, 1024 for SDXL)."}),
+                           "Training resolution (512 for SD1.5 and Flux.1, 768 for Z-Image, 1024 for SDXL)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip":
                      "Seed for LoRA initialisation, batches, noise and timesteps: same seed + settings = same LoRA."}),
             "save_name": ("STRING", {"default": "megaportrait/identity", "tooltip":
@@ -116,6 +147,10 @@ class IdentityLoraTrainer:
         }, "optional": {
             "face_analysis": ("FACE_ANALYSIS", {"tooltip": "Crop each photo around the face (recommended). Photos without "
                                                            "a face then raise an error naming them."}),
+            "face_masks": ("MASK", {"tooltip": "One mask per photo (1 = face and hair), e.g. Load Source Photos' "
+                                               "face_masks: the loss outside it is weighted by background_weight, so "
+                                               "the LoRA learns the face more than the photos' background, clothes and "
+                                               "light. Cut with the photos when they are cropped here."}),
             "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip":
                                    "Also train a text-encoder LoRA (lora_te keys). Stronger identity, more overfitting risk."}),
             "text_learning_rate": ("FLOAT", {"default": 5e-5, "min": 1e-7, "max": 1e-1, "step": 1e-6, "round": 1e-8,
@@ -138,14 +173,23 @@ class IdentityLoraTrainer:
                            "reuse: when a LoRA trained from the same photos, model, prompt and settings exists in "
                            "models/loras (found by the key in its metadata), use it instead of training; train again: "
                            "always train."}),
+            "background_weight": ("FLOAT", {"default": BACKGROUND_WEIGHT, "min": 0.0, "max": 1.0, "step": 0.05,
+                                  "tooltip": "With face_masks: the loss weight of pixels outside the face and hair (1 "
+                                             "inside). 1 = plain loss; 0 = face only (the background drifts); 0.25 "
+                                             "keeps the background in check while the face counts most."}),
+            "output_model": ("MODEL", {"tooltip":
+                             "The MODEL to return with the identity LoRA instead of 'model' (same family): e.g. "
+                             "Z-Image-Turbo without the training adapter a LoraLoaderModelOnly put on 'model' for "
+                             "training only, or Turbo when 'model' is Z-Image Base. Empty: 'model'."}),
         }}
 
     def train(self, model, clip, vae, images, trigger_word, class_word, prompt_template, steps, learning_rate, rank, alpha,
               batch_size, resolution, seed, save_name, face_analysis=None, train_text_encoder=False,
               text_learning_rate=5e-5, target="attention", flip=True, gradient_checkpointing=False, precision="auto",
-              checkpoint_every=100, resume="auto", if_exists="increment name", if_trained="reuse"):
-        node = "Identity LoRA Trainer"
-        from .source_photos import square_photos
+              checkpoint_every=100, resume="auto", if_exists="increment name", if_trained="reuse", face_masks=None,
+              background_weight=BACKGROUND_WEIGHT, output_model=None):
+        node = TITLES["MegaPortraitIdentityLoraTrainer"]
+        from .source_photos import crop_masks, square_crops
         images = check_image(node, images, "images")
         n = images.shape[0]
         if n < 3:
@@ -163,6 +207,8 @@ class IdentityLoraTrainer:
         learning_rate = check_number(node, "learning_rate", learning_rate, 1e-7, 1e-1)
         text_learning_rate = check_number(node, "text_learning_rate", text_learning_rate, 1e-7, 1e-1)
         alpha = check_number(node, "alpha", alpha, 0.1, 512.0)
+        background_weight = check_number(node, "background_weight", background_weight, 0.0, 1.0)
+        face_masks = check_mask(node, face_masks, images, "face_masks")
         checkpoint_every = check_int(node, "checkpoint_every", checkpoint_every, 0, 10000)
         for name, val in (("trigger_word", trigger_word), ("class_word", class_word),
                           ("prompt_template", prompt_template), ("save_name", save_name)):
@@ -175,38 +221,45 @@ class IdentityLoraTrainer:
         if not prompt:
             raise MegaPortraitError(node, "the instance prompt is empty.", "set trigger_word and prompt_template.")
         lc.check_trainable(node, model)
-        loras_dir = _folder_loras()        # names that cannot be written are refused before any work
+        out_model = _output_model(node, model, output_model)
+        loras_dir = _folder_loras(node)        # names that cannot be written are refused before any work
         resume_anchor, anchor_name = lf.resolve_save_path(node, loras_dir, save_name, "overwrite")
-        photos = square_photos(node, [images[i] for i in range(n)], int(resolution), face_analysis)
+        crops = square_crops(node, [images[i] for i in range(n)], int(resolution), face_analysis)
+        photos = crops.photos
+        masks = None if face_masks is None else crop_masks(face_masks.cpu(), crops.boxes, int(resolution))
         cfg = lt.TrainConfig(steps=int(steps), learning_rate=learning_rate,
                              text_learning_rate=text_learning_rate, rank=int(rank), alpha=alpha,
                              batch_size=int(batch_size), resolution=int(resolution), seed=int(seed),
-                             train_text_encoder=train_text_encoder, flip=flip, target=target)
-        key = lc.training_key(model, clip, vae, photos, prompt, cfg)
+                             train_text_encoder=train_text_encoder, flip=flip, target=target,
+                             background_weight=background_weight if masks is not None else 1.0)
+        if masks is not None and cfg.background_weight == 1.0:
+            masks = None                   # weight 1 everywhere: the plain loss, and the plain train-once key
+        key = lc.training_key(model, clip, vae, photos, prompt, cfg, masks)
         if if_trained == "reuse":
             found = lf.find_trained(_lora_candidates(loras_dir, anchor_name), key)
             if found is not None:
                 name, path, meta = found
                 import comfy.utils
                 log.info("MegaPortrait: reusing identity LoRA %s (same photos, model, prompt and settings)", path)
-                new_model, new_clip = lc.apply_lora(model, clip, comfy.utils.load_torch_file(path, safe_load=True))
+                new_model, new_clip = lc.apply_lora(out_model, clip, comfy.utils.load_torch_file(path, safe_load=True))
                 text = (f"reused {name} (trained earlier from the same photos, model, prompt and settings; set "
                         f"if_trained to 'train again' to retrain)\nprompt: {prompt}")
                 curve = lt.loss_curve_image(lf.losses_from_metadata(meta))
                 return {"ui": {"text": [text]}, "result": (new_model, new_clip, name, curve)}
+        require("peft", node, "peft", "identity LoRA training")      # before any training work
         final_path, lora_name = lf.resolve_save_path(node, loras_dir, save_name, if_exists)
         hook = _ProgressHook(cfg.steps, max(1, cfg.steps // 50))
         lora_sd, state, meta = lc.train_identity_lora(
             node, model, clip, vae, photos, prompt, cfg, resume_anchor, precision=precision,
             gradient_checkpointing=gradient_checkpointing, resume=resume, checkpoint_every=int(checkpoint_every),
             metadata={"megaportrait.trigger_word": trigger_word, "megaportrait.class_word": class_word},
-            on_progress=hook, train_key=key)
+            on_progress=hook, train_key=key, masks=masks)
         lf.atomic_save(lora_sd, final_path, meta)
         rp = resume_anchor[: -len(".safetensors")] + lc.RESUME_SUFFIX
         if os.path.exists(rp):
             os.unlink(rp)
         log.info("MegaPortrait: saved identity LoRA %s (%d tensors)", final_path, len(lora_sd))
-        new_model, new_clip = lc.apply_lora(model, clip, lora_sd, 1.0, 1.0)
+        new_model, new_clip = lc.apply_lora(out_model, clip, lora_sd, 1.0, 1.0)
         text = f"saved {lora_name}\nsteps {state.step}, final loss {meta['megaportrait.final_loss']}\nprompt: {prompt}"
         return {"ui": {"text": [text]}, "result": (new_model, new_clip, lora_name, lt.loss_curve_image(state.losses))}
 
@@ -240,7 +293,7 @@ class LoadIdentityLora:
         }}
 
     def load(self, model, clip, lora_name, strength_model, strength_clip):
-        node = "Load Identity LoRA"
+        node = TITLES["MegaPortraitLoadIdentityLora"]
         import folder_paths
         strength_model = check_number(node, "strength_model", strength_model, -10.0, 10.0)
         strength_clip = check_number(node, "strength_clip", strength_clip, -10.0, 10.0)

@@ -21,6 +21,7 @@ import math
 import torch
 
 from . import comfy_compat
+from . import people as people_mod
 from .common import CATEGORY, TITLES, MegaPortraitError, check_bool, check_image, check_number
 from .sampling import Progress, apply_controlnet, check_controlnet, decode, encode, prepare_noise, sampling_inputs, sampling_kind
 
@@ -207,11 +208,12 @@ class DualStrengthIdentitySampler:
             "share_passes": ("BOOLEAN", {"default": True, "tooltip":
                              "Run both branches in lock-step as one batch where possible (same result as two "
                              "KSamplers, half the model passes): samplers euler, ddim, heun, dpmpp_2m with one MODEL."}),
+            "people": people_mod.PEOPLE_INPUT,
         }}
 
     def sample(self, model, positive, negative, vae, image, seed, steps, cfg, sampler_name, scheduler, reference_denoise,
                source_denoise, reference_model=None, latent=None, control_net=None, control_image=None,
-               control_strength=0.5, control_start=0.0, control_end=1.0, share_passes=True):
+               control_strength=0.5, control_start=0.0, control_end=1.0, share_passes=True, people=None):
         node = TITLES["MegaPortraitDualStrengthIdentitySampler"]
         cfg = check_number(node, "cfg", cfg, 0.0, 100.0)
         reference_denoise = check_number(node, "reference_denoise", reference_denoise, 0.0, 1.0)
@@ -221,10 +223,13 @@ class DualStrengthIdentitySampler:
         control_end = check_number(node, "control_end", control_end, 0.0, 1.0)
         share_passes = check_bool(node, "share_passes", share_passes)
         image = check_image(node, image)
+        if people is not None and latent is None:       # (before any work)
+            people_mod.groups(node, people, image.shape[0], "image")
         if latent is None:
             latent = {"samples": encode(node, vae, image)}
         elif not isinstance(latent, dict) or "samples" not in latent:
             raise MegaPortraitError(node, "'latent' is not a LATENT.", "connect a LATENT output (e.g. VAE Encode).")
+        hint = None
         if control_net is not None and control_strength > 0:
             check_controlnet(node, "control_net", control_net, model)
             hint = check_image(node, control_image, "control_image") if control_image is not None else image
@@ -232,10 +237,25 @@ class DualStrengthIdentitySampler:
             if hb not in (1, lb):
                 raise MegaPortraitError(node, f"control_image has a batch of {hb} but there are {lb} latents.",
                                         "use one hint image or one per image.")
-            positive, negative = apply_controlnet(positive, negative, control_net, hint, control_strength, control_start,
-                                                  control_end, vae)[:2]
-        ref, src, _mode = dual_sample(node, model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler,
-                                      reference_denoise, source_denoise, reference_model, share_passes)
+
+        def run(m, pos, lat, hint_):
+            neg = negative
+            if hint_ is not None:
+                pos, neg = apply_controlnet(pos, neg, control_net, hint_, control_strength, control_start, control_end,
+                                            vae)[:2]
+            return dual_sample(node, m, pos, neg, lat, seed, steps, cfg, sampler_name, scheduler, reference_denoise,
+                               source_denoise, reference_model, share_passes)[:2]
+        if people is None:
+            ref, src = run(model, positive, latent, hint)
+        else:       # several people: each person's faces with their own model (and prompt)
+            n = latent["samples"].shape[0]
+            refs, srcs = [], []
+            for person, idx in people_mod.groups(node, people, n, "image"):
+                r, s = run(person.model, person.positive or positive, people_mod.pick(latent, idx),
+                           people_mod.pick(hint, idx))
+                refs.append((idx, r))
+                srcs.append((idx, s))
+            ref, src = people_mod.scatter(refs, n), people_mod.scatter(srcs, n)
         out_ref, out_src = latent.copy(), latent.copy()
         out_ref["samples"], out_src["samples"] = ref, src
         for o in (out_ref, out_src):

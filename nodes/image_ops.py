@@ -95,6 +95,14 @@ def grow_and_feather(m: np.ndarray, grow_px: int, feather_px: int) -> np.ndarray
     return np.clip(feather(grow(np.asarray(m, dtype=np.float32), grow_px), feather_px), 0.0, 1.0)
 
 
+def ellipse(h: int, w: int, center: tuple[float, float], radii: tuple[float, float]) -> np.ndarray:
+    """A float32 HxW mask: 1 inside the axis-aligned ellipse of ``center`` (x, y) and ``radii`` (rx, ry), else 0
+    (pixel centres at +0.5)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    rx, ry = max(float(radii[0]), 1e-3), max(float(radii[1]), 1e-3)
+    return ((((x - center[0]) / rx) ** 2 + ((y - center[1]) / ry) ** 2) <= 1.0).astype(np.float32)
+
+
 def prepare_mask(mask: torch.Tensor, grow_px: int, feather_px: int) -> torch.Tensor:
     """A MASK [H, W] grown and feathered (:func:`grow_and_feather`, on the CPU), returned on the mask's device."""
     m = mask.detach().float().cpu().numpy().astype(np.float32)

@@ -43,7 +43,7 @@ def model_family(model) -> dict:
     base = model.model
     fam = family_of(model)
     return {"family": type(base.model_config).__name__, "name": fam.name, "base_model_version": fam.base_model_version,
-            "model_class": type(base).__name__, "context_dim": int(base.model_config.unet_config.get("context_dim") or 0)}
+            "model_class": type(base).__name__, "context_dim": families.text_width(model)}
 
 
 def loss_kind(model_sampling) -> str:
@@ -86,13 +86,20 @@ def check_trainable(node: str, model) -> None:
     if not fam.trainable or not fam.lora_targets:
         raise MegaPortraitError(node, f"this MODEL ({fam.name}, {type(base.model_config).__name__}) is a model family "
                                       "the identity LoRA trainer does not support.",
-                                "train on an SD1.x, SD2.x, SDXL or Flux.1 model (EDM and v-prediction SD ones included).")
+                                f"train on {_trainable_names()} model (EDM and v-prediction SD ones included).")
     if flow != (fam.target == "flow"):
         raise MegaPortraitError(node, f"this MODEL ({fam.name}, {type(base.model_config).__name__}) samples with "
                                       f"{'flow matching' if flow else 'noise prediction'} (a model sampling patch such "
                                       f"as ModelSamplingSD3?), which the identity LoRA trainer does not support for "
                                       f"{fam.name}.",
-                                "train on the model as its loader returns it (flow matching is supported for Flux.1).")
+                                "train on the model as its loader returns it (flow matching is supported for "
+                                f"{' and '.join(f.name for f in families.FAMILIES if f.trainable and f.target == 'flow')}).")
+
+
+def _trainable_names() -> str:
+    """'an SD1.x, SD2.x, SDXL, Flux.1 or Z-Image': the families the trainer supports, from the family table."""
+    names = [f.name for f in families.FAMILIES if f.trainable and f.lora_targets]
+    return f"an {', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else f"a {names[0]}"
 
 
 def te_modules(model, te) -> dict:
@@ -179,6 +186,7 @@ class TrainingData:
     tokens: object
     cond: torch.Tensor | None
     pooled: torch.Tensor | None
+    extras: dict              # the text encoder's other outputs (e.g. Z-Image's attention mask): training_conditions
     height: int
     width: int
 
@@ -211,11 +219,13 @@ def encode_data(model, clip, vae, images: torch.Tensor, masks: torch.Tensor | No
             weights = lt.latent_weight(m, tuple(lat.shape[-2:]), cfg.background_weight)
         tokens = clip.tokenize(prompt)
         cond = pooled = None
+        extras: dict = {}
         if not cfg.train_text_encoder:
-            cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+            cond, pooled, extras = compat.encode_tokens(clip, tokens)
             cond = cond.detach().clone().to(device)
             pooled = pooled.detach().clone().to(device) if pooled is not None else None
-    return TrainingData(lat, weights, tokens, cond, pooled, int(pix.shape[1]), int(pix.shape[2]))
+            extras = {k: (v.detach().clone().to(device) if torch.is_tensor(v) else v) for k, v in extras.items()}
+    return TrainingData(lat, weights, tokens, cond, pooled, extras, int(pix.shape[1]), int(pix.shape[2]))
 
 
 def training_memory(base, fam: families.Family, cfg: lt.TrainConfig, h: int, w: int, checkpointing: bool) -> int:
@@ -313,15 +323,16 @@ def make_loss_fn(twin: Twin, data: TrainingData, fam: families.Family, cfg: lt.T
         if twin.te is None and bs in cond_cache:
             return cond_cache[bs]
         if twin.te is None:
-            c, p = data.cond, data.pooled
+            c, p, extras = data.cond, data.pooled, data.extras
         else:
             out = twin.te.encode_token_weights(data.tokens)
             c, p = out[0].to(device), (out[1].to(device) if out[1] is not None else None)
+            extras = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in (out[2] if len(out) > 2 else {}).items()}
         kw = {"cross_attn": c.expand(bs, *c.shape[1:])}
         if p is not None:
             kw["pooled_output"] = p.expand(bs, *p.shape[1:])
-        if fam.train_guidance is not None:     # guidance-distilled models (Flux.1 dev): the guidance input
-            kw["guidance"] = fam.train_guidance
+        # the guidance input of guidance-distilled models (Flux.1 dev), the text encoder's extras the family reads
+        kw.update(families.training_conditions(fam, extras, bs))
         extra = base.extra_conds(width=data.width, height=data.height, crop_w=0, crop_h=0, target_width=data.width,
                                  target_height=data.height, device=device, noise=x0, **kw)
         args = {k: (v.cond.to(device) if torch.is_tensor(v.cond) else v.cond) for k, v in extra.items()}

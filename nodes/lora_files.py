@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import torch
 
 from . import families
-from .common import MegaPortraitError
+from .common import TITLES, MegaPortraitError
 
 ADAPTER = "megaportrait"           # the peft adapter name of the layers we train
 TRAIN_KEY = "megaportrait.train_key"
@@ -100,7 +100,7 @@ def resolve_save_path(node: str, loras_dir: str, save_name: str, if_exists: str)
         if if_exists == "error":
             raise MegaPortraitError(node, f"{name}.safetensors already exists in {root}.",
                                     "choose another save_name, set if_exists to 'increment name' or 'overwrite', or load "
-                                    "it with 'Load Identity LoRA' to skip training.")
+                                    f"it with '{TITLES['MegaPortraitLoadIdentityLora']}' to skip training.")
         if if_exists == "increment name":
             i = 1
             while os.path.exists(os.path.join(root, f"{name}_{i:05d}.safetensors")):

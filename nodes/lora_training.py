@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .common import MegaPortraitError, log, require
+from .common import MegaPortraitError, import_optional, log
 from .families import FAMILIES
 from .lora_files import ADAPTER, atomic_save, lora_parameters
 
@@ -154,8 +154,9 @@ def inject_lora(module: torch.nn.Module, pattern: str, rank: int, alpha: float, 
     A-matrices are initialised from ``seed`` (kaiming-uniform, peft's own init) with a private generator, B-matrices
     with zeros, so the adapted module starts out equal to the original; no global random generator is seeded or
     advanced. The LoRA weights are fp32 on ``device`` (the compute device; default: where each layer's weight is),
-    also for layers whose weights a partial load left on the offload device. Returns the adapted module names."""
-    peft = require("peft", "Identity LoRA Trainer", "peft", "identity LoRA training")
+    also for layers whose weights a partial load left on the offload device. Returns the adapted module names.
+    Raises MissingPackage without peft (the trainer node checks for it before any work)."""
+    peft = import_optional("peft", "peft", "identity LoRA training")
     from peft.tuners.lora.layer import Linear as LoraLinear
     names = [n for n, m in module.named_modules() if _is_linear_like(m) and re.fullmatch(pattern, n)]
     if not names:
@@ -433,7 +434,9 @@ def load_resume(node: str, path: str, cfg: TrainConfig, family: dict, data_key: 
     if meta.get("format") != "megaportrait-resume":
         raise MegaPortraitError(node, f"{path} is not a MegaPortrait resume checkpoint.", "delete it or set resume to off.")
     fam = json.loads(meta.get("family", "{}"))
-    if fam.get("family") != family["family"] or fam.get("context_dim") != family["context_dim"]:
+    # the text widths; 0 is unknown (resume files of Flux runs written before the trainer read Flux's width stored 0)
+    widths = (fam.get("context_dim") or 0, family["context_dim"] or 0)
+    if fam.get("family") != family["family"] or (all(widths) and widths[0] != widths[1]):
         raise MegaPortraitError(node, f"the resume checkpoint {os.path.basename(path)} was trained on a {fam.get('family')} "
                                       f"model but this MODEL is {family['family']}.",
                                 "connect the checkpoint it was trained on, use another save_name, or set resume to off "

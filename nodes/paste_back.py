@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import align as geometry  # (the module; "align" is also the node input)
-from .common import CATEGORY, MegaPortraitError, check_choice, check_image, log
+from .common import CATEGORY, TITLES, MegaPortraitError, check_choice, check_image, log
 from .face_analysis import FaceAnalyzer
 from .face_crop import CropInfo, FaceCrop
 from .image_ops import (
@@ -249,7 +249,7 @@ class PasteBackNode:
 
     def paste(self, reference, face_crop, face, align, mask_type, grow, feather, seam_width, color_match,
               face_analysis=None):
-        node = "Paste Back"
+        node = TITLES["MegaPortraitPasteBack"]
         if align == "landmarks" and face_analysis is None:
             raise MegaPortraitError(node, "align = landmarks needs the face_analysis input.",
                                     "connect the Face Analysis Loader, or set align to none.")

@@ -124,11 +124,12 @@ class ScheduleWindow:
         return self.patch.models() if hasattr(self.patch, "models") else []
 
 
-def apply_model_patch(node: str, model, model_patch, vae, image: torch.Tensor, strength: float, start: float,
-                      end: float):
+def apply_model_patch(node: str, model, model_patch, vae, image: torch.Tensor | None, strength: float, start: float,
+                      end: float, inpaint_image: torch.Tensor | None = None, mask: torch.Tensor | None = None):
     """A clone of ``model`` patched with a MODEL_PATCH control (e.g. a Z-Image Fun ControlNet) by the family's stock
     node (ZImageFunControlnet), limited to [start, end] of the schedule (ScheduleWindow); strength 0 returns the
-    MODEL untouched, as ControlNetApplyAdvanced returns the conditioning."""
+    MODEL untouched, as ControlNetApplyAdvanced returns the conditioning. ``inpaint_image`` and ``mask`` (1 = redraw):
+    the control's inpaint mode (the Z-Image Fun union ControlNet's inpaint channels)."""
     if model_patch is None or strength == 0:
         return model
     import nodes as comfy_nodes
@@ -137,8 +138,8 @@ def apply_model_patch(node: str, model, model_patch, vae, image: torch.Tensor, s
     if cls is None:
         raise MegaPortraitError(node, f"this ComfyUI has no node to apply {fam.name} model-patch controls "
                                       f"({fam.control_node or 'none known'}).", "update ComfyUI (0.33 or newer).")
-    patched = getattr(cls(), cls.FUNCTION)(model=model, model_patch=model_patch, vae=vae, image=image,
-                                          strength=strength)[0]
+    images = {k: v for k, v in (("image", image), ("inpaint_image", inpaint_image), ("mask", mask)) if v is not None}
+    patched = getattr(cls(), cls.FUNCTION)(model=model, model_patch=model_patch, vae=vae, strength=strength, **images)[0]
     if start <= 0 and end >= 1:
         return patched
     ms = comfy_compat.model_object(model, "model_sampling")

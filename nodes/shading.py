@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import comfy_compat, families
+from . import people as people_mod
 from .common import CATEGORY, TITLES, MegaPortraitError, check_choice, check_image, check_number
 from .sampling import (
     apply_controlnet,
@@ -85,20 +86,44 @@ class ShadingSampler:
             "init_image": ("IMAGE", {"tooltip": "Optional start image (e.g. the source-like image or the recombined maps); "
                                                 "same size as the maps."}),
             "init_latent": ("LATENT", {"tooltip": "Optional start latent instead of init_image."}),
+            "people": people_mod.PEOPLE_INPUT,
         }}
 
     def sample(self, model, positive, negative, vae, light_map, hf_map, light_control_net, hf_control_net,
                light_strength, light_start, light_end, hf_strength, hf_start, hf_end, seed, steps, cfg, sampler_name,
-               scheduler, denoise, init_image=None, init_latent=None):
+               scheduler, denoise, init_image=None, init_latent=None, people=None):
         node = TITLES["MegaPortraitShadingSampler"]
         light, hf, cfg, denoise = _check_numbers(node, light_strength, light_start, light_end, hf_strength, hf_start,
                                                  hf_end, cfg, denoise)
+        _check_people(node, people, light_map, hf_map)
         light_map, hf_map, latent, denoise = _start_latent(node, model, vae, light_map, hf_map, denoise, init_image,
                                                            init_latent)
-        out = shading_sample(node, model, positive, negative, vae, light_map, hf_map, light_control_net, hf_control_net,
-                             light, hf, seed, steps, cfg, sampler_name, scheduler, denoise, latent)
+        out = _per_person(node, people, model, positive, light_map, hf_map, latent, lambda m, pos, lmap, hmap, lat:
+                          shading_sample(node, m, pos, negative, vae, lmap, hmap, light_control_net, hf_control_net,
+                                         light, hf, seed, steps, cfg, sampler_name, scheduler, denoise, lat))
         out.pop("noise_mask", None)
         return (out, decode(vae, out["samples"]))
+
+
+def _check_people(node: str, people, light_map, hf_map) -> None:
+    """With ``people``: its faces must be the maps' batch (checked before any work)."""
+    if people is not None:
+        people_mod.groups(node, people, max(check_image(node, light_map, "light_map").shape[0],
+                                            check_image(node, hf_map, "hf_map").shape[0]), "the maps")
+
+
+def _per_person(node: str, people, model, positive, light_map, hf_map, latent: dict, sample_one) -> dict:
+    """``sample_one(model, positive, light_map, hf_map, latent) -> LATENT`` on the whole batch, or, with ``people``,
+    on each person's faces with their own MODEL (and prompt), put back together in the batch's order."""
+    if people is None:
+        return sample_one(model, positive, light_map, hf_map, latent)
+    n = latent["samples"].shape[0]
+    parts = []
+    for person, idx in people_mod.groups(node, people, n, "the maps"):
+        o = sample_one(person.model, person.positive or positive, people_mod.pick(light_map, idx),
+                       people_mod.pick(hf_map, idx), people_mod.pick(latent, idx))
+        parts.append((idx, o["samples"]))
+    return {**latent, "samples": people_mod.scatter(parts, n)}
 
 
 def _check_numbers(node: str, light_strength, light_start, light_end, hf_strength, hf_start, hf_end, cfg, denoise):
@@ -207,16 +232,21 @@ class ShadingSamplerModelPatch:
 
     def sample(self, model, positive, negative, vae, light_map, hf_map, light_model_patch, hf_model_patch,
                light_strength, light_start, light_end, hf_strength, hf_start, hf_end, seed, steps, cfg, sampler_name,
-               scheduler, denoise, init_image=None, init_latent=None):
+               scheduler, denoise, init_image=None, init_latent=None, people=None):
         node = TITLES["MegaPortraitShadingSamplerModelPatch"]
         light, hf, cfg, denoise = _check_numbers(node, light_strength, light_start, light_end, hf_strength, hf_start,
                                                  hf_end, cfg, denoise)
+        _check_people(node, people, light_map, hf_map)
+        models = [model] + ([p.model for p in people.persons] if people is not None else [])
         for name, patch in (("light_model_patch", light_model_patch), ("hf_model_patch", hf_model_patch)):
-            check_model_patch(node, name, patch, model)
+            for m in models:
+                check_model_patch(node, name, patch, m)
         light_map, hf_map, latent, denoise = _start_latent(node, model, vae, light_map, hf_map, denoise, init_image,
                                                            init_latent)
-        out = patch_shading_sample(node, model, positive, negative, vae, light_map, hf_map, light_model_patch,
-                                   hf_model_patch, light, hf, seed, steps, cfg, sampler_name, scheduler, denoise, latent)
+        out = _per_person(node, people, model, positive, light_map, hf_map, latent, lambda m, pos, lmap, hmap, lat:
+                          patch_shading_sample(node, m, pos, negative, vae, lmap, hmap, light_model_patch,
+                                               hf_model_patch, light, hf, seed, steps, cfg, sampler_name, scheduler,
+                                               denoise, lat))
         out.pop("noise_mask", None)
         return (out, decode(vae, out["samples"]))
 

@@ -11,13 +11,14 @@ marker on the IMAGE cannot do this: ComfyUI hands nodes plain tensors, and slici
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .common import CATEGORY, TITLES, MegaPortraitError, check_choice, check_number, log
 from .face_analysis import FaceAnalyzer
-from .image_ops import resize, rgb, to_uint8_rgb
+from .image_ops import ellipse, grow_and_feather, resize, rgb, to_uint8_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -110,9 +111,24 @@ def check_one_person(node: str, analyzer: FaceAnalyzer, embeddings: dict[int, np
     log.warning("MegaPortrait %s: %s Going on (identity_check).", node, problem)
 
 
+@dataclass
+class SquareCrops:
+    """What :func:`square_crops` made of the photos."""
+    photos: torch.Tensor                             # [N, R, R, 3]
+    boxes: list[tuple[int, int, int] | None]         # each photo's crop square (x0, y0, side); None: used as it is
+    faces: list[np.ndarray | None]                   # each crop's face box (x0, y0, x1, y1) in crop pixels, or None
+
+
 def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyzer: FaceAnalyzer | None = None,
                   face_scale: float = 2.2, require_face: bool = True, identity_check: str | None = None,
                   names: list[str] | None = None) -> torch.Tensor:
+    """The square photos of :func:`square_crops`."""
+    return square_crops(node, photos, resolution, analyzer, face_scale, require_face, identity_check, names).photos
+
+
+def square_crops(node: str, photos: list[torch.Tensor], resolution: int, analyzer: FaceAnalyzer | None = None,
+                 face_scale: float = 2.2, require_face: bool = True, identity_check: str | None = None,
+                 names: list[str] | None = None) -> SquareCrops:
     """Crop every [H, W, C] photo to a square (around its largest face with ``analyzer``) and resize it to
     ``resolution``. A photo that already is that face crop is used as it is (cropped once). With ``analyzer``,
     photos without a usable face (none found, or so small that the crop would be enlarged more than
@@ -122,36 +138,41 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
     others show are named (see :func:`check_one_person`); ``names`` labels the photos in messages."""
     if identity_check and analyzer is not None:
         analyzer.require_embeddings(node, f"identity_check ('{identity_check}': do the photos show one person?)")
-    out, missing, tiny, kept = [], [], [], 0
+    out, boxes, faces, missing, tiny, kept = [], [], [], [], [], 0
     embeddings: dict[int, np.ndarray] = {}
     for i, p in enumerate(photos):
         p = rgb(p.float())
         h, w = p.shape[:2]
-        box = None
+        box, face = None, None
         if analyzer is not None:
             img = to_uint8_rgb(p)
-            faces = analyzer.detect(img)
-            if not faces:
+            found = analyzer.detect(img)
+            if not found:
                 missing.append(i)
             else:
-                face = max(faces, key=lambda f: f.area)
+                face = max(found, key=lambda f: f.area)
                 if identity_check:
                     embeddings[i] = analyzer.embed(img, face)
                 wanted = face_box(face, face_scale)
                 if is_face_crop(h, w, resolution, wanted):
                     out.append(p.clamp(0, 1))
+                    boxes.append(None)
+                    faces.append(np.asarray(face.bbox, dtype=np.float64))
                     kept += 1
                     continue
                 box = square_box(h, w, wanted[:2], wanted[2])
                 if resolution / box[2] > MAX_ENLARGE:
                     tiny.append(f"{i} ({box[2]} px)")
-                    box = None
+                    box, face = None, None
         if box is None:
             box = square_box(h, w)
             if analyzer is None and resolution / box[2] > MAX_ENLARGE:
                 tiny.append(f"{i} ({w}x{h} px)")
         x0, y0, s = box
         out.append(resize(p[None, y0:y0 + s, x0:x0 + s], resolution, resolution)[0])   # area / bicubic
+        boxes.append(box)
+        faces.append(None if face is None else
+                     (np.asarray(face.bbox, dtype=np.float64) - [x0, y0, x0, y0]) * (resolution / s))
     problems = []
     if missing:
         problems.append(f"no face was found in photo(s) {', '.join(map(str, missing))}")
@@ -175,22 +196,56 @@ def square_photos(node: str, photos: list[torch.Tensor], resolution: int, analyz
     if kept:
         log.info("MegaPortrait %s: %d of %d photo(s) already were face crops at %d px: used as they are",
                  node, kept, len(photos), resolution)
-    return torch.stack(out) if out else torch.zeros(0, resolution, resolution, 3)
+    batch = torch.stack(out) if out else torch.zeros(0, resolution, resolution, 3)
+    return SquareCrops(batch, boxes, faces)
 
 
-def augment(photos: torch.Tensor, target: int, seed: int = 0) -> torch.Tensor:
+def crop_masks(masks: torch.Tensor, boxes: list[tuple[int, int, int] | None], resolution: int) -> torch.Tensor:
+    """Cut [N, H, W] masks of the photos the way :func:`square_crops` cut the photos (``boxes``): [N, R, R]."""
+    out = []
+    for m, box in zip(masks.float(), boxes):
+        if box is not None:
+            x0, y0, s = box
+            m = m[y0:y0 + s, x0:x0 + s]
+        out.append(resize(m[None, :, :, None], resolution, resolution)[0, :, :, 0])   # as the photo: area / bicubic
+    return torch.stack(out).clamp(0, 1)
+
+
+# The face-and-hair region around a detected face box (bw x bh), as fractions of the box: the hair above it, a little
+# of the chin below it, the hair beside it, and the feathered edge (MagiCapture weights its loss by such a region).
+HAIR_ABOVE, CHIN_BELOW, HAIR_BESIDE, FACE_FEATHER = 0.7, 0.1, 0.25, 0.15
+
+
+def face_hair_mask(bbox: np.ndarray | None, resolution: int) -> torch.Tensor:
+    """A feathered [R, R] mask of the face and hair around ``bbox`` (x0, y0, x1, y1 in crop pixels): an ellipse from
+    HAIR_ABOVE box heights above the box to CHIN_BELOW below it, HAIR_BESIDE box widths beyond each side, its edge
+    feathered by FACE_FEATHER box widths. No face (None): the whole crop (1 everywhere)."""
+    if bbox is None:
+        return torch.ones(resolution, resolution)
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    bw, bh = x1 - x0, y1 - y0
+    top, bottom = y0 - HAIR_ABOVE * bh, y1 + CHIN_BELOW * bh
+    m = ellipse(resolution, resolution, ((x0 + x1) / 2, (top + bottom) / 2), ((0.5 + HAIR_BESIDE) * bw, (bottom - top) / 2))
+    return torch.from_numpy(grow_and_feather(m, 0, max(1, round(FACE_FEATHER * bw))))
+
+
+def augment(photos: torch.Tensor, target: int, seed: int = 0,
+            masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Make ``photos`` [N, R, R, 3] up to ``target`` items: copies with a mirror (every other copy), zoom 1.0-1.15
-    with a shift of up to 4%, rotation of up to 4 degrees, brightness and contrast within 6%. Originals first."""
+    with a shift of up to 4%, rotation of up to 4 degrees, brightness and contrast within 6%. Originals first.
+    ``masks`` [N, R, R] of the photos get the same mirror, zoom, shift and rotation. Returns (photos, masks)."""
     import kornia.geometry.transform as kt
     n, r = photos.shape[0], photos.shape[1]
     if n == 0 or target <= n:
-        return photos
+        return photos, masks
     g = torch.Generator().manual_seed(seed)
-    extra = []
+    extra, extra_masks = [], []
     for k in range(target - n):
         src = photos[k % n].permute(2, 0, 1)[None]
+        msk = None if masks is None else masks[k % n][None, None].float()
         if (k // n) % 2 == 0:
             src = src.flip(-1)
+            msk = None if msk is None else msk.flip(-1)
         u = torch.rand(6, generator=g)
         zoom = 1.0 + 0.15 * u[0]
         angle = (u[1] * 2 - 1) * 4.0
@@ -199,12 +254,16 @@ def augment(photos: torch.Tensor, target: int, seed: int = 0) -> torch.Tensor:
         m = kt.get_rotation_matrix2d(center, angle[None], torch.stack([zoom, zoom])[None])
         m[0, :, 2] += shift
         warped = kt.warp_affine(src, m.to(src.device), (r, r), mode="bicubic", padding_mode="reflection")
+        if msk is not None:
+            extra_masks.append(kt.warp_affine(msk, m.to(msk.device), (r, r), mode="bilinear",
+                                              padding_mode="reflection")[0, 0].clamp(0, 1))
         bright = 1.0 + (u[4] * 2 - 1) * 0.06
         contrast = 1.0 + (u[5] * 2 - 1) * 0.06
         mean = warped.mean()
         warped = ((warped - mean) * contrast + mean) * bright
         extra.append(warped.clamp(0, 1)[0].permute(1, 2, 0))
-    return torch.cat([photos, torch.stack(extra)])
+    out_masks = None if masks is None else torch.cat([masks.float(), torch.stack(extra_masks)])
+    return torch.cat([photos, torch.stack(extra)]), out_masks
 
 
 def safe_input_path(node: str, base: str, rel: str) -> str:
@@ -254,10 +313,12 @@ class LoadSourcePhotos:
                    "a list of file names, crops each to a square around the face (or the centre) and resizes it, giving "
                    "one IMAGE batch for the Identity LoRA Trainer. Never stretches a photo.")
     CATEGORY = f"{CATEGORY}/Identity"
-    RETURN_TYPES = ("IMAGE", "INT")
-    RETURN_NAMES = ("photos", "count")
+    RETURN_TYPES = ("IMAGE", "INT", "MASK")
+    RETURN_NAMES = ("photos", "count", "face_masks")
     OUTPUT_TOOLTIPS = ("Square photos, resolution x resolution, originals first, then augmented copies.",
-                       "Number of photos in the batch.")
+                       "Number of photos in the batch.",
+                       "With face_analysis: a feathered mask of each photo's face and hair (for the trainer's "
+                       "face-weighted loss); without it, or where no face was found, 1 everywhere.")
     FUNCTION = "load"
 
     @classmethod
@@ -308,13 +369,15 @@ class LoadSourcePhotos:
             raise MegaPortraitError(node, f"no photos found in ComfyUI/input/{folder} or in the file list.",
                                     f"put 3-20 photos of the person in {os.path.join(base, folder)} (PNG/JPG/WebP).")
         photos = load_photos(node, paths, base)
-        batch = square_photos(node, photos, int(resolution), face_analysis, face_scale,
-                              identity_check=identity_check if face_analysis is not None else None,
-                              names=[os.path.basename(p) for p in paths])
+        crops = square_crops(node, photos, int(resolution), face_analysis, face_scale,
+                             identity_check=identity_check if face_analysis is not None else None,
+                             names=[os.path.basename(p) for p in paths])
+        batch = crops.photos
+        masks = torch.stack([face_hair_mask(f, int(resolution)) for f in crops.faces])
         if min_photos and batch.shape[0] < min_photos:
             log.info("MegaPortrait: %d photo(s) found, adding %d augmented copies", batch.shape[0], min_photos - batch.shape[0])
-            batch = augment(batch, int(min_photos), int(seed))
-        return (batch, int(batch.shape[0]))
+            batch, masks = augment(batch, int(min_photos), int(seed), masks)
+        return (batch, int(batch.shape[0]), masks)
 
 
 def _list_files(base: str, folder: str, filenames: str, strict: bool) -> list[str]:

@@ -151,8 +151,8 @@ def flux(comfy):
 def zimage(comfy):
     """The tiny Z-Image-shaped models loaded in-process through ComfyUI's stock loaders: "model" (UNETLoader),
     "clip" (CLIPLoader, type lumina2), "vae" (VAELoader), "union" and "tile" (ModelPatchLoader: Fun ControlNets),
-    plus their file names ("unet_name", "te_name", "vae_name", "union_name", "tile_name"). Skips on a ComfyUI
-    without Z-Image."""
+    plus their file names ("unet_name", "te_name", "vae_name", "union_name", "tile_name", "adapter_name": the stand-in
+    for the Z-Image-Turbo training adapter LoRA). Skips on a ComfyUI without Z-Image."""
     import tiny_models
     if not tiny_models.has_zimage():
         pytest.skip("this ComfyUI (early 2024) has no Z-Image support (NextDiT, Qwen3 text encoder, model patches)")
@@ -164,7 +164,7 @@ def zimage(comfy):
     n = comfy.nodes
     out = {"unet_name": tiny_models.ZIMAGE_UNET_NAME, "te_name": tiny_models.ZIMAGE_TE_NAME,
            "vae_name": tiny_models.ZIMAGE_VAE_NAME, "union_name": tiny_models.ZIMAGE_UNION_NAME,
-           "tile_name": tiny_models.ZIMAGE_TILE_NAME}
+           "tile_name": tiny_models.ZIMAGE_TILE_NAME, "adapter_name": tiny_models.ZIMAGE_ADAPTER_NAME}
     patch_loader = n.NODE_CLASS_MAPPINGS["ModelPatchLoader"]()
     with torch.inference_mode():       # as ComfyUI's executor runs nodes
         out["model"] = n.UNETLoader().load_unet(out["unet_name"], "default")[0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from conftest import COMFY_ROOT, EXAMPLES
+from conftest import COMFY_ROOT, EXAMPLES, import_pack
 from PIL import Image
 
 pytestmark = pytest.mark.server
@@ -194,6 +194,24 @@ def g_paste(face, reference=None, **kw):
     inputs.update(kw)
     g["5"] = {"class_type": "MegaPortraitPasteBack", "inputs": inputs}
     g["3"] = preview(["5", 0])
+    return g
+
+
+def g_people(name="astro", **kw):
+    """Add Person (the tiny model, the astronaut's photo) -> Assign Faces to People on the astronaut's picture."""
+    g = model_nodes({"1": load("astronaut.png"), "2": fa()})
+    g["4"] = {"class_type": "MegaPortraitFaceCrop", "inputs": {"face_analysis": ["2", 0], "image": ["1", 0],
+                                                               "crop_size": 64, "context": 0.25,
+                                                               "selection": "every face (left to right)", "index": 0,
+                                                               "min_face_size": 48}}
+    g["20"] = {"class_type": "MegaPortraitAddPerson", "inputs": {"face_analysis": ["2", 0], "name": name,
+                                                                 "model": ["10", 0], "photos": ["1", 0]}}
+    inputs = {"face_analysis": ["2", 0], "people": ["20", 0], "image": ["1", 0], "face": ["4", 0],
+              "face_crop": ["4", 1], "match": "by identity", "threshold": 0.0, "unknown_faces": "leave untouched",
+              "default_person": "", "assignment": ""}
+    inputs.update(kw)
+    g["21"] = {"class_type": "MegaPortraitAssignFacesToPeople", "inputs": inputs}
+    g["3"] = preview(["21", 0])
     return g
 
 
@@ -395,6 +413,21 @@ CASES = [
          ("inpaint_model", "not an inpainting model")),
     Case("harmonize_fill_guidance_nan", g_harmonize(fill_guidance=NAN), OURS, "Harmonize", ("fill_guidance",)),
     Case("harmonize_cfg_nan", g_harmonize(cfg=NAN), OURS, "Harmonize", ("cfg",)),
+    Case("people_ok", g_people(), OK),
+    Case("people_name_with_space", g_people(name="a b"), OURS, "Add Person", ("spaces",)),
+    Case("people_assignment_of_nobody", g_people(assignment="0=carol"), OURS, "Assign Faces to People",
+         ("carol", "not in 'people'")),
+    Case("people_threshold_nan", g_people(threshold=NAN), OURS, "Assign Faces to People", ("threshold", "finite")),
+    Case("people_default_of_nobody", g_people(unknown_faces="default person", default_person="carol"), OURS,
+         "Assign Faces to People", ("default_person",)),
+    # (the early-2024 host does not check the types of optional links: the node refuses it)
+    Case("dual_people_wrong_type", g_dual(people=["10", 0]),
+         *((INVALID, "2", ("people",)) if NEW_HOST else (OURS, "Dual-Strength Identity Sampler", ("not a people",)))),
+    Case("harmonize_people_not_assigned", {**g_harmonize(people=["20", 0]), "31": load("astronaut.png"), "32": fa(),
+                                           "20": {"class_type": "MegaPortraitAddPerson", "inputs": {
+                                               "face_analysis": ["32", 0], "name": "astro", "model": ["10", 0],
+                                               "photos": ["31", 0]}}},
+         OURS, "Harmonize", ("no faces assigned",)),
     Case("harmonize_seed_max_batch_2", g_harmonize(image=empty(64, 64, 2, 0x808080), seed=2 ** 64 - 1), OK),
     Case("harmonize_mask_wrong_size", g_harmonize(mask={"class_type": "SolidMask", "inputs": {
         "value": 1.0, "width": 32, "height": 32}}), OURS, "Harmonize", ("32x32",)),
@@ -544,6 +577,12 @@ def check_outcome(case: Case, kind: str, payload) -> None:
         return
     assert kind == "error", f"{case.id}: expected an error from {case.node}, got {kind}: {str(payload)[:2000]}"
     assert f"[MegaPortrait {case.node}]" in payload, f"{case.id}: not our message: {payload}"
+    # the node that raised it (ComfyUI's execution_error names its class) is named by its one title, the canvas's
+    TITLES = import_pack().nodes.common.TITLES
+    node_type = payload.split(" (node ", 1)[0]
+    assert node_type in TITLES, f"{case.id}: the error came from {node_type}, not a MegaPortrait node: {payload}"
+    assert case.node == TITLES[node_type], (f"{case.id}: {node_type} raised an error naming {case.node!r}; its title is "
+                                            f"{TITLES[node_type]!r} (nodes/common.py TITLES)")
     assert " Fix: " in payload, f"{case.id}: the message gives no fix: {payload}"
     for w in words:
         assert w in payload.lower(), f"{case.id}: {w!r} not in {payload}"

@@ -166,3 +166,25 @@ def test_dynamic_models_are_read_without_loading(compat, comfy, monkeypatch):
     static = StaticPatcher()
     compat.load_to_read_weights(static)
     assert loaded == [[static]]
+
+
+def test_encode_tokens_on_both_api_generations(compat, comfy):
+    """(cond, pooled, extras): with return_dict (mid-2024 on) the text encoder's other outputs, without it (the
+    early-2024 host, stood in for here) none; on the real host the same cond and pooled as encode_from_tokens."""
+    class OldClip:                               # encode_from_tokens before return_dict
+        def encode_from_tokens(self, tokens, return_pooled=False):
+            return torch.ones(1, 2, 3), torch.zeros(1, 3)
+
+    class NewClip:
+        def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+            return {"cond": torch.ones(1, 2, 3), "pooled_output": None, "attention_mask": torch.ones(1, 2)}
+    c, p, ex = compat.encode_tokens(OldClip(), None)
+    assert c.shape == (1, 2, 3) and p.shape == (1, 3) and ex == {}
+    c, p, ex = compat.encode_tokens(NewClip(), None)
+    assert c.shape == (1, 2, 3) and p is None and set(ex) == {"attention_mask"}
+    with torch.inference_mode():
+        clip = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[1]
+        tokens = clip.tokenize("photo of sks person")
+        c, p, ex = compat.encode_tokens(clip, tokens)
+        ref_c, ref_p = clip.encode_from_tokens(tokens, return_pooled=True)
+    assert torch.equal(c, ref_c) and torch.equal(p, ref_p) and "cond" not in ex and "pooled_output" not in ex

@@ -26,26 +26,62 @@ def test_display_names_are_the_titles(pack):
         assert pack.NODE_DISPLAY_NAME_MAPPINGS[cls] == f"{title} (MegaPortrait)"
 
 
-LITERAL_NODE = [re.compile(r'\bnode\s*=\s*"([^"]+)"'),                  # node = "Face Crop"
-                re.compile(r'MegaPortraitError\(\s*"([^"]+)"'),           # MegaPortraitError("HF Map", ...)
-                re.compile(r'\brequire\([^,()]+,\s*"([^"]+)"'),           # require("peft", "Identity LoRA Trainer", ...)
-                re.compile(r'\bcheck_\w+\(\s*"([^"]+)"')]                 # check_number("HF Map", ...)
+NODE_ARG_CALLS = ("MegaPortraitError", "require", "missing_package_error")    # and every check_*(node, ...)
 
 
-def test_errors_name_nodes_by_their_title():
-    """A node name written out in nodes/ (rather than taken from TITLES) is one of the titles: the error dialog
-    says the name the user sees on the canvas (issue 20: "Shading Sampler" vs "Shading ControlNet Sampler")."""
+def _literal_node_names(path: str) -> list[str]:
+    """Node names written out in a module instead of taken from TITLES: a string that is exactly a title, and a
+    string literal given as the node of an error (``node = "..."``, ``MegaPortraitError("...", ...)``,
+    ``require(mod, "...")``, ``check_number("...", ...)``, ``node="..."``)."""
+    import ast
     allowed = set(titles().values())
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found = []
+
+    def literal(n):
+        return isinstance(n, ast.Constant) and isinstance(n.value, str)
+
+    for n in ast.walk(tree):
+        if literal(n) and n.value in allowed:
+            found.append((n.lineno, n.value))
+        elif isinstance(n, ast.Assign) and literal(n.value) and any(
+                isinstance(t, ast.Name) and t.id == "node" for t in n.targets):
+            found.append((n.lineno, n.value.value))
+        elif isinstance(n, ast.Call):
+            name = n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+            pos = 1 if name == "require" else 0
+            if (name in NODE_ARG_CALLS or name.startswith("check_")) and len(n.args) > pos and literal(n.args[pos]):
+                found.append((n.lineno, n.args[pos].value))
+            found += [(k.value.lineno, k.value.value) for k in n.keywords if k.arg == "node" and literal(k.value)]
+    return sorted(set(found))
+
+
+def test_nodes_take_their_title_from_titles():
+    """No node name is written out in nodes/ (only nodes/common.py TITLES has them): an error names the node by the
+    title the canvas shows (issue 20: "Shading Sampler" vs "Shading ControlNet Sampler"), and renaming a node in
+    TITLES renames it everywhere. tests/test_bad_input.py checks the other half: each error raised through the
+    server names the node class that raised it by that class's title."""
     bad = []
     for path in sorted(glob.glob(os.path.join(NODES_DIR, "*.py"))):
-        with open(path, encoding="utf-8") as f:
-            src = f.read()
-        for rx in LITERAL_NODE:
-            for m in rx.finditer(src):
-                if m.group(1) not in allowed:
-                    line = src.count("\n", 0, m.start()) + 1
-                    bad.append(f"{os.path.basename(path)}:{line}: {m.group(1)!r}")
-    assert not bad, "node names that are not a title in nodes/common.py TITLES: " + "; ".join(bad)
+        if os.path.basename(path) == "common.py":
+            continue
+        bad += [f"{os.path.basename(path)}:{line}: {name!r}" for line, name in _literal_node_names(path)]
+    assert not bad, "node names written out instead of TITLES[<node class>]: " + "; ".join(bad)
+
+
+def test_the_literal_node_name_scan_finds_them(tmp_path):
+    """The scan above finds each way a node name was written out before (so it cannot pass by missing them)."""
+    src = tmp_path / "m.py"
+    src.write_text('node = "Shading Sampler"\n'
+                   'raise MegaPortraitError("Recombine", "p")\n'
+                   'peft = require("peft", "Identity LoRA Trainer", "peft")\n'
+                   'check_number("HF  Map", "gain", 1.0)\n'
+                   'fa = FaceAnalyzer(node="Face Analysis")\n'
+                   'hint = f"connect {TITLES[k]} or {x}"\n'
+                   'fix = "load it with " + "Load Identity LoRA"\n')
+    assert [n for _, n in _literal_node_names(str(src))] == [
+        "Shading Sampler", "Recombine", "Identity LoRA Trainer", "HF  Map", "Face Analysis", "Load Identity LoRA"]
 
 
 def test_error_message_uses_the_title(pack):
@@ -59,6 +95,23 @@ def test_error_message_uses_the_title(pack):
         maps.RecombineMaps().run(torch.zeros(1, 8, 8, 3), torch.zeros(1, 4, 4, 3), 1.0)
 
 
+def test_pure_layers_raise_their_own_errors_and_nodes_name_themselves(pack, monkeypatch):
+    """Without peft, the LoRA layer injection (a pure layer) raises MissingPackage naming no node; the trainer node
+    checks for peft itself and names itself by its title."""
+    import sys
+
+    import torch
+    common, lt = pack.nodes.common, pack.nodes.lora_training
+    monkeypatch.setitem(sys.modules, "peft", None)          # what a missing package looks like to an import
+    with pytest.raises(common.MissingPackage) as e:
+        lt.inject_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)), r"0", 1, 1.0, 0)
+    assert "peft" in str(e.value) and not isinstance(e.value, common.MegaPortraitError)
+    assert not [t for t in titles().values() if t in str(e.value)], str(e.value)
+    node = titles()["MegaPortraitIdentityLoraTrainer"]
+    with pytest.raises(common.MegaPortraitError, match=re.escape(f"[MegaPortrait {node}]") + ".*pip install peft"):
+        common.require("peft", node, "peft", "identity LoRA training")
+
+
 def test_every_node_is_in_a_shipped_workflow(pack):
     used = set()
     for path in glob.glob(os.path.join(REPO, "workflows", "api", "*.json")):
@@ -70,8 +123,7 @@ def test_every_node_is_in_a_shipped_workflow(pack):
 
 
 # nodes whose workflow is an open piece of work (the entry goes when the workflow ships: the test above then fails)
-NOT_YET_IN_A_WORKFLOW = {"MegaPortraitShadingSamplerModelPatch": "the Z-Image workflow megaportrait_full_zimage "
-                                                                 "(issue 19) is not built yet"}
+NOT_YET_IN_A_WORKFLOW: dict = {}
 
 
 # ------------------------------------------------------------------------------------ help pages and translations
@@ -344,6 +396,9 @@ def test_pyproject_reads_as_the_registry_reads_it():
     assert repo_url.startswith("https://github.com/")
     assert cfg.project.urls.issues.startswith(repo_url) and cfg.project.urls.documentation.startswith(repo_url)
     assert cfg.project.supported_comfyui_version == ">=0.0.1"
+    # no frontend range: comfy-cli reads it from a comfyui-frontend-package dependency, which pip would install too
+    assert cfg.project.supported_comfyui_frontend_version == "" and not any(
+        d.startswith("comfyui-frontend-package") for d in cfg.project.dependencies)
     assert cfg.project.version and cfg.tool_comfy.publisher_id and cfg.tool_comfy.display_name
     raw = repo_url.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
     for url in (cfg.tool_comfy.icon, cfg.tool_comfy.banner_url):
@@ -384,7 +439,8 @@ def test_packed_archive_installs_and_runs(tmp_path, models_dir):
                      "tools/runner.py", "example_inputs/astronaut.png"):
             assert must in names, must
         for name in names:
-            assert not name.startswith((".ci/", "bench/", "tests/test_", "tools/build_", "tools/setup_env")), name
+            assert not name.startswith((".ci/", "bench/", "tests/test_", "tools/build_", "tools/setup_env",
+                                        "tools/partial_load")), name
         assert len(names) == len(set(names)), "files twice in the archive"
         installed = tmp_path / "fresh" / "comfyui-megaportrait"
         z.extractall(installed)

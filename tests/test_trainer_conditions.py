@@ -6,6 +6,7 @@ import os
 import pytest
 import test_identity_lora as _til
 import torch
+from partial_load import forced_partial_load
 from test_identity_lora import loaders, same_bits
 
 il, photos = _til.il, _til.photos          # the trainer's fixtures, shared with test_identity_lora
@@ -71,26 +72,6 @@ def test_no_global_generator_is_seeded(comfy, il, photos):
     assert torch.equal(torch.rand(4), expected)
 
 
-def _force_partial_load(monkeypatch, il, fraction: float):
-    """After the trainer's load, ComfyUI's own low-VRAM load of the MODEL with a budget of ``fraction`` of its size,
-    the way load_models_gpu loads a model that does not fit a GPU (the CPU never gets one by itself)."""
-    from comfyui_megaportrait.nodes import comfy_compat
-    real = comfy_compat.load_models
-    state = {"cast": 0}
-
-    def load(patchers, memory_required):
-        real(patchers, memory_required)
-        p = patchers[0]
-        budget = int(p.model_size() * fraction)
-        if hasattr(p, "patch_model_lowvram"):                 # early 2024
-            p.patch_model_lowvram(p.load_device, budget)
-        else:                                                 # since 2024
-            p.load(p.load_device, lowvram_model_memory=budget)
-        state["cast"] = sum(bool(getattr(mod, "comfy_cast_weights", False)) for mod in p.model.modules())
-    monkeypatch.setattr(comfy_compat, "load_models", load)
-    return state
-
-
 def _saved_bytes(il, comfy, m, c, v, photos, name):
     weights = list(m.model.parameters()) + list(m.model.buffers())
     with il.saved_for_backward(exclude=weights) as saved:
@@ -98,7 +79,7 @@ def _saved_bytes(il, comfy, m, c, v, photos, name):
     return saved["bytes"]
 
 
-def test_partial_load_trains_the_same_lora_and_keeps_no_weight_copies(comfy, il, photos, monkeypatch):
+def test_partial_load_trains_the_same_lora_and_keeps_no_weight_copies(comfy, il, photos):
     """A partly loaded model (its left-out layers cast their weights per call) trains the LoRA of the fully loaded
     one, and keeps at most 1.2x the bytes for backward that the full load keeps."""
     import comfy.model_management as mm
@@ -108,8 +89,7 @@ def test_partial_load_trains_the_same_lora_and_keeps_no_weight_copies(comfy, il,
     full_bytes = _saved_bytes(il, comfy, m, c, v, photos, "full_bytes")
     mm.unload_all_models()
     m, c, v = loaders(comfy)
-    with monkeypatch.context() as mp:
-        state = _force_partial_load(mp, il, 0.4)
+    with forced_partial_load(0.4) as state:                 # tools/partial_load.py (shared with the trainer bench)
         part_sd, part, _ = _train(il, comfy, m, c, v, photos, cfg, "partial", resume="off")
         assert state["cast"] > 10                            # the proxy really left layers out
         part_bytes = _saved_bytes(il, comfy, m, c, v, photos, "partial_bytes")

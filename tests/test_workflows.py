@@ -4,6 +4,7 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -13,8 +14,11 @@ from PIL import Image
 
 WF_DIR = os.path.join(REPO, "workflows")
 FLUX = "megaportrait_full_flux"
-NAMES = ["megaportrait_full", "megaportrait_full_flux", "megaportrait_full_sdxl", "megaportrait_group",
-         "megaportrait_train", "megaportrait_with_lora"]
+ZIMAGE = "megaportrait_full_zimage"
+NAMES = ["megaportrait_full", "megaportrait_full_flux", "megaportrait_full_sdxl", "megaportrait_full_zimage",
+         "megaportrait_group", "megaportrait_group_people", "megaportrait_train", "megaportrait_with_lora"]
+NEEDS = {FLUX: "a ComfyUI with Flux support (from Aug 2024; tested on 0.33.0)",
+         ZIMAGE: "a ComfyUI with Z-Image support and model patches (0.33.0)"}
 PAPER_GROUPS = {"Identity Net: training", "Identity Net: dual-strength", "Light and HF maps", "Shading Net",
                 "Paste-back, Harmonization Net"}
 
@@ -44,27 +48,38 @@ def flux_missing(object_info) -> str | None:
     return runner.flux_unsupported(load(f"api/{FLUX}.json"), object_info)
 
 
-def skip_flux_without_support(name, object_info):
+def family_missing(name, object_info) -> str | None:
+    """Why this server cannot run workflow ``name`` (Flux.1 / Z-Image stock nodes it lacks), or None."""
+    import runner
     if name == FLUX:
-        why = flux_missing(object_info)
-        if why:
-            pytest.skip(f"{FLUX} needs a ComfyUI with Flux support (from Aug 2024; tested on 0.33.0): this one {why}")
+        return flux_missing(object_info)
+    if name == ZIMAGE:
+        return runner.zimage_unsupported(load(f"api/{ZIMAGE}.json"), object_info)
+    return None
+
+
+def skip_flux_without_support(name, object_info):
+    """Skip for the Flux.1 and Z-Image workflows on a ComfyUI without them (the early-2024 host)."""
+    why = family_missing(name, object_info)
+    if why:
+        pytest.skip(f"{name} needs {NEEDS[name]}: this one {why}")
 
 
 def test_shipped_files_are_up_to_date(comfy):
     import build_workflows
     spec = build_workflows.comfy_spec()
     files = build_workflows.render(spec)
-    why = build_workflows.flux_support(spec)
-    names = [n for n in NAMES if n != FLUX or why is None]
+    why = {FLUX: build_workflows.flux_support(spec), ZIMAGE: build_workflows.zimage_support(spec)}
+    names = [n for n in NAMES if not why.get(n)]
     assert sorted(files) == sorted([f"{n}.json" for n in names] + [f"api/{n}.json" for n in names])
     for rel, text in files.items():
         with open(os.path.join(WF_DIR, rel)) as f:
             assert f.read() == text, f"{rel} is stale: run python tools/build_workflows.py"
-    if why:         # early-2024 ComfyUI: the Flux workflow is generated and checked on a host with Flux support
-        assert "FluxGuidance" in why or "flux" in why
-        assert all(os.path.isfile(os.path.join(WF_DIR, r)) for r in (f"{FLUX}.json", f"api/{FLUX}.json"))
-        pytest.skip(f"{FLUX} is checked on a ComfyUI with Flux support (0.33): {why}")
+    skipped = {n: w for n, w in why.items() if w}
+    if skipped:     # early-2024 ComfyUI: these are generated and checked on a host that has their families (0.33)
+        assert not skipped.get(FLUX) or "FluxGuidance" in skipped[FLUX] or "flux" in skipped[FLUX]
+        assert all(os.path.isfile(os.path.join(WF_DIR, r)) for n in skipped for r in (f"{n}.json", f"api/{n}.json"))
+        pytest.skip(f"{', '.join(skipped)} checked on ComfyUI 0.33: {'; '.join(skipped.values())}")
 
 
 # ---------------------------------------------------------------- an independent UI -> API conversion (as the frontend)
@@ -151,19 +166,21 @@ def test_ui_workflow_structure(name):
             assert "randomize" not in n["widgets_values"]
     # model downloads offered by the frontend: name == widget value, a known folder, a hub URL of a .safetensors file
     loaders = [n for n in ui["nodes"] if n["type"] in ("CheckpointLoaderSimple", "VAELoader", "ControlNetLoader",
-                                                       "UNETLoader", "DualCLIPLoader")]
+                                                       "UNETLoader", "DualCLIPLoader", "CLIPLoader",
+                                                       "ModelPatchLoader", "LoraLoaderModelOnly")]
     assert loaders
     for n in loaders:
         files = n["widgets_values"][:2] if n["type"] == "DualCLIPLoader" else n["widgets_values"][:1]
         models = n["properties"]["models"]
         assert [m["name"] for m in models] == files
         for m in models:
-            assert m["directory"] in ("checkpoints", "vae", "controlnet", "diffusion_models", "text_encoders")
+            assert m["directory"] in ("checkpoints", "vae", "controlnet", "diffusion_models", "text_encoders",
+                                      "model_patches", "loras")
             assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith(".safetensors")
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("name", [n for n in NAMES if n != FLUX])       # Flux: test_flux_workflow_executes
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in (FLUX, ZIMAGE)])  # test_{flux,zimage}_workflow_executes
 def test_workflows_execute_with_tiny_models(server, name):
     import runner
     src = os.path.join(server.input_dir, "megaportrait_source", "wf_test")
@@ -173,7 +190,7 @@ def test_workflows_execute_with_tiny_models(server, name):
     for nid in runner.nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos"):
         prompt[nid]["inputs"]["folder"] = "megaportrait_source/wf_test"
     size = (600, 512)                                       # the reference's size
-    if name == "megaportrait_group":                        # the six-person picture, every face re-rendered
+    if name.startswith("megaportrait_group"):              # the six-person picture, every face re-rendered
         from synthetic_group import group_canvas
         Image.fromarray(group_canvas()[0]).save(os.path.join(server.input_dir, "group_photo.png"))
         size = (886, 1280)
@@ -201,22 +218,56 @@ def test_flux_workflow_executes(server):
     """megaportrait_full_flux via /prompt with the tiny Flux models (dev, Fill, CLIP-L + T5, VAE, union ControlNet):
     every stage runs (training on the Flux model, both union modes, Flux Fill with the identity LoRA), the portrait
     has the reference's size, and outside Harmonize's grown + feathered seam mask it is exactly Paste Back's image."""
+    import runner
+    skip_flux_without_support(FLUX, server.client.object_info())
+    prompt = runner.smoke_workflow(load(f"api/{FLUX}.json"))
+    (harm,) = runner.nodes_of_type(prompt, "MegaPortraitHarmonize")
+    h = prompt[harm]["inputs"]
+    assert h["inpaint_model"][0] in runner.nodes_of_type(prompt, "UNETLoader") and h["cfg"] == 1.0
+    _run_family_workflow(server, prompt, "flux_")
+
+
+@pytest.mark.server
+def test_zimage_workflow_executes(server):
+    """megaportrait_full_zimage via /prompt with the tiny Z-Image models (NextDiT, Qwen3, VAE, Fun ControlNet union
+    patch, the Turbo training adapter): the trainer trains on the MODEL with the adapter and returns the identity LoRA
+    on the MODEL without it, which every sampler uses; the union patch drives the dual-strength sampler, the Shading
+    Fun ControlNet Sampler and Harmonize's inpaint mode; outside the seam mask the portrait is Paste Back's image."""
+    import runner
+    skip_flux_without_support(ZIMAGE, server.client.object_info())
+    prompt = runner.smoke_workflow(load(f"api/{ZIMAGE}.json"))
+    (unet,) = runner.nodes_of_type(prompt, "UNETLoader")
+    (adapter,) = runner.nodes_of_type(prompt, "LoraLoaderModelOnly")
+    (patch,) = runner.nodes_of_type(prompt, "ModelPatchLoader")
+    (trainer,) = runner.nodes_of_type(prompt, "MegaPortraitIdentityLoraTrainer")
+    t = prompt[trainer]["inputs"]
+    assert t["model"] == [adapter, 0] and t["output_model"] == [unet, 0] and prompt[adapter]["inputs"]["model"] == [unet, 0]
+    users = [nid for nid, n in prompt.items() if n["inputs"].get("model") == [adapter, 0]]
+    assert users == [trainer]                                     # the adapter reaches the trainer only
+    (harm,) = runner.nodes_of_type(prompt, "MegaPortraitHarmonize")
+    h = prompt[harm]["inputs"]
+    assert h["inpaint_model_patch"] == [patch, 0] and h["model"] == [trainer, 0] and h["cfg"] == 1.0
+    (shading,) = runner.nodes_of_type(prompt, "MegaPortraitShadingSamplerModelPatch")
+    assert prompt[shading]["inputs"]["model"] == [trainer, 0]
+    _run_family_workflow(server, prompt, "zimage_")
+
+
+def _run_family_workflow(server, prompt, prefix):
+    """Run a smoke prompt of a family workflow with Paste Back's composite and seam mask saved too, and check every
+    stage ran and the portrait is Paste Back's image outside Harmonize's reach."""
     import comfy_server
     import cv2
     import runner
-    skip_flux_without_support(FLUX, server.client.object_info())
     src = os.path.join(server.input_dir, "megaportrait_source", "wf_test")
     os.makedirs(src, exist_ok=True)
     shutil.copy(os.path.join(EXAMPLES, "astronaut.png"), src)
-    prompt = runner.smoke_workflow(load(f"api/{FLUX}.json"))
-    tiny = {m["smoke"] for k, m in runner.MODELS.items() if k.startswith("flux_")}
-    assert {r["name"] for r in runner.required_models(prompt)} == tiny          # every Flux loader got its tiny model
+    tiny = {m["smoke"] for k, m in runner.MODELS.items() if k.startswith(prefix)}
+    assert {r["name"] for r in runner.required_models(prompt)} == tiny          # every loader got its tiny model
     (photos,) = runner.nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos")
     prompt[photos]["inputs"]["folder"] = "megaportrait_source/wf_test"
     (paste,) = runner.nodes_of_type(prompt, "MegaPortraitPasteBack")
     (harm,) = runner.nodes_of_type(prompt, "MegaPortraitHarmonize")
     h = prompt[harm]["inputs"]
-    assert h["inpaint_model"][0] in runner.nodes_of_type(prompt, "UNETLoader") and h["cfg"] == 1.0
     # test-only outputs: Paste Back's composite and where its (soft) seam mask is above 0
     prompt["900"] = {"class_type": "SaveImage", "inputs": {"images": [paste, 0], "filename_prefix": "SMOKE_noise_pasted"}}
     prompt["901"] = {"class_type": "ThresholdMask", "inputs": {"mask": [paste, 2], "value": 0.0}}
@@ -281,8 +332,8 @@ def check_frontend(srv, tmp_path, screenshot: str | None = None) -> None:
         b.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
                    "Object.keys(LiteGraph.registered_node_types).includes('MegaPortraitHarmonize'))", timeout=120)
         for name in NAMES:
-            if name == FLUX and flux_missing(info):
-                continue                # early-2024 ComfyUI: no FluxGuidance (the 0.33 host loads it, in both frontends)
+            if family_missing(name, info):
+                continue                # early-2024 ComfyUI: no Flux / Z-Image (the 0.33 host loads them, in both frontends)
             wf = load(f"{name}.json")
             res = json.loads(b.eval(
                 "(async () => { const wf = %s; await app.loadGraphData(wf);"
@@ -411,6 +462,78 @@ def test_runner_faces_on_the_group_picture(server, tmp_path, capsys):
     assert code == 1 and "--faces 'everyone': use all, largest" in err.strip().splitlines()[-1]
 
 
+@pytest.mark.server
+def test_runner_several_people_on_the_group_picture(server, tmp_path, capsys):
+    """megaportrait_group_people via /prompt with the tiny models: two people (--person, the two shipped portraits),
+    each face of the six-person picture goes to the person it is (the report), every face is re-rendered; with
+    --assign and --unknown only the faces asked for are, and the others stay exactly the picture's."""
+    from synthetic_group import PEOPLE, group_canvas
+    canvas, boxes = group_canvas()
+    group = tmp_path / "group.png"
+    Image.fromarray(canvas).save(group)
+    who = ["astro" if p[0] == "astronaut.png" else "grace" for p in sorted(PEOPLE, key=lambda p: p[3] + p[2] / 2)]
+    root = tmp_path / "people"
+    for name, photo in (("astro", "astronaut.png"), ("grace", "grace_hopper.jpg")):
+        (root / name).mkdir(parents=True)
+        shutil.copy(os.path.join(EXAMPLES, photo), root / name)
+    people = ["--person", f"astro={root / 'astro'}", "--person", f"grace={root / 'grace'}"]
+
+    def whose(err):
+        report = [line for line in err.splitlines() if line.startswith("Whose face is whose:")]
+        assert report, err
+        return re.findall(r"face (\d+) \(x=\d+\): (\S+) \[(\w+)\]", report[0])
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--workflow", "megaportrait_group_people",
+                           "--reference", str(group), "--faces", "match", *people, "--out", str(out))
+    assert code == 0, err
+    assert [(int(i), name) for i, name, _ in whose(err)] == list(enumerate(who))
+    img = np.asarray(Image.open(out / [n for n in os.listdir(out) if "portrait" in n][0]))
+    assert img.shape[:2] == (886, 1280)
+    for x0, y0, x1, y1 in boxes:                              # every face re-rendered
+        assert (img[y0:y1, x0:x1].astype(int) - canvas[y0:y1, x0:x1]).any()
+    # a folder of folders gives the same people; face 0 by number, the others by identity
+    code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--workflow", "megaportrait_group_people",
+                           "--reference", str(group), "--people", str(root), "--assign", "0=grace",
+                           "--unknown", "untouched", "--out", str(tmp_path / "out2"))
+    assert code == 0, err
+    got = whose(err)
+    assert got[0] == ("0", "grace", "assigned") and [n for _, n, _ in got[1:]] == who[1:]
+    code, _, err = run_cli(capsys, "--server", server.url, "--smoke", "--workflow", "megaportrait_group_people",
+                           "--reference", str(group), "--out", str(tmp_path / "o"))
+    assert code == 1 and "pass --person NAME=FOLDER for each" in err.strip().splitlines()[-1]
+
+
+def test_runner_people_extends_and_cuts_the_chain():
+    import runner
+    base = runner.load_workflow("megaportrait_group_people")
+    assert len(runner.person_chain(base)) == 2
+    three = copy.deepcopy(base)
+    runner.apply_people(three, [("ann", "p/a"), ("ben", "p/b"), ("cy", "p/c")])
+    chain = runner.person_chain(three)
+    assert [three[n]["inputs"]["name"] for n in chain] == ["ann", "ben", "cy"]
+    for n, who in zip(chain, ("ann", "ben", "cy")):
+        own = runner.person_nodes(three, n)
+        kinds = sorted(three[x]["class_type"] for x in own)
+        assert kinds == sorted(["MegaPortraitAddPerson", "MegaPortraitLoadSourcePhotos",
+                                "MegaPortraitIdentityLoraTrainer", "CLIPTextEncode"])
+        assert {three[x]["inputs"].get("folder") for x in own} >= {f"p/{who[0]}"}
+        assert {three[x]["inputs"].get("save_name") for x in own} >= {f"megaportrait/{who}"}
+    (assign,) = runner.nodes_of_type(three, "MegaPortraitAssignFacesToPeople")
+    assert three[assign]["inputs"]["people"] == [chain[-1], 0]
+    one = copy.deepcopy(base)
+    runner.apply_people(one, [("solo", "p/s")])
+    (only,) = runner.person_chain(one)
+    assert len(one) == len(base) - 4 and one[runner.nodes_of_type(one, "MegaPortraitAssignFacesToPeople")[0]][
+        "inputs"]["people"] == [only, 0]
+    links = [v[0] for n in one.values() for v in n["inputs"].values() if isinstance(v, list) and len(v) == 2
+             and isinstance(v[0], str)]
+    assert all(x in one for x in links)                         # nothing points at a removed node
+    with pytest.raises(runner.RunnerError, match="need a workflow with Add Person"):
+        runner.apply_people(runner.load_workflow("megaportrait_group"), [("a", "b")])
+    with pytest.raises(runner.RunnerError, match="given twice"):
+        runner.parse_people([f"a={EXAMPLES}", f"A={EXAMPLES}"], None)
+
+
 def test_runner_faces_sets_face_crop():
     import runner
     p = runner.load_workflow("megaportrait_full")
@@ -455,6 +578,35 @@ def test_runner_flux_workflow(server, tmp_path, capsys):
                  "ComfyUI/models/controlnet/FLUX.1-dev-ControlNet-Union-Pro.safetensors  <- https://huggingface.co/"
                  "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro/resolve/main/diffusion_pytorch_model.safetensors",
                  "ComfyUI/models/diffusion_models/flux1-fill-dev.safetensors"):
+        assert line in err, line
+
+
+@pytest.mark.server
+def test_runner_zimage_workflow(server, tmp_path, capsys):
+    """--workflow megaportrait_full_zimage: listed by the runner; on a ComfyUI without Z-Image one clear line; on 0.33
+    the missing models are listed with their folders, URLs and licences (Apache-2.0, nothing gated: the VAE comes
+    from the open Z-Image repository, not FLUX.1-dev's gated one)."""
+    import runner
+    assert ZIMAGE in runner.available_workflows()
+    code, _, err = run_cli(capsys, "--server", server.url, "--workflow", ZIMAGE, "--out", str(tmp_path / "o"),
+                           "--source", os.path.join(EXAMPLES, "astronaut.png"))
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    if family_missing(ZIMAGE, server.client.object_info()):
+        assert last.startswith("megaportrait: error: this workflow is a Z-Image workflow and needs a ComfyUI with "
+                               "Z-Image support") and "ModelPatchLoader" in last
+        return
+    assert "model file(s) missing" in last and "gated" not in err
+    for line in ("ComfyUI/models/diffusion_models/z_image_turbo_bf16.safetensors  <- https://huggingface.co/Comfy-Org/"
+                 "z_image_turbo/resolve/main/split_files/diffusion_models/z_image_turbo_bf16.safetensors (12.3 GB, "
+                 "Apache-2.0",
+                 "ComfyUI/models/vae/ae.safetensors  <- https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/"
+                 "split_files/vae/ae.safetensors",
+                 "ComfyUI/models/model_patches/Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors  <- https://"
+                 "huggingface.co/alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union-2.1/resolve/main/"
+                 "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors",
+                 "ComfyUI/models/loras/zimage_turbo_training_adapter_v2.safetensors  <- https://huggingface.co/ostris/"
+                 "zimage_turbo_training_adapter/resolve/main/zimage_turbo_training_adapter_v2.safetensors"):
         assert line in err, line
 
 

@@ -63,7 +63,8 @@ def test_files_are_written_small_and_listed_by_the_stock_loaders(comfy, zimage):
         total += os.path.getsize(path) if name != tm.FLUX_VAE_NAME else 0      # (the VAE is the Flux one)
         assert name in fp.get_filename_list(folder), (name, folder)
     assert total < 45 * 2 ** 20
-    assert {zimage[k] for k in ("unet_name", "te_name", "vae_name", "union_name", "tile_name")} == set(tm.ZIMAGE_FOLDERS)
+    names = ("unet_name", "te_name", "vae_name", "union_name", "tile_name", "adapter_name")
+    assert {zimage[k] for k in names} == set(tm.ZIMAGE_FOLDERS)
 
 
 def test_diffusion_model_is_z_image_shaped(comfy, zimage):

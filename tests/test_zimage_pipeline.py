@@ -17,7 +17,7 @@ def P(pack):
     import comfyui_megaportrait.nodes as N
     from comfyui_megaportrait.nodes.common import MegaPortraitError
     return types.SimpleNamespace(fam=N.families, ids=N.identity_sampler, lf=N.lora_files, shd=N.shading,
-                                 Error=MegaPortraitError)
+                                 pp=N.people, Error=MegaPortraitError)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +186,32 @@ def test_zimage_shading_with_fun_controlnets(P, zimage, comfy, face, conds):
     assert not m.model_options.get("transformer_options", {}).get("patches")     # the loaded MODEL is not patched
 
 
+def test_zimage_shading_gives_each_face_its_persons_model(P, zimage, comfy, face, conds):
+    """Several people on Z-Image: with a PEOPLE, each face of the batch is re-rendered by its own person's MODEL
+    (here the base model and the base model with a LoRA), exactly as that face alone with that model."""
+    import numpy as np
+    m, v = zimage["model"], zimage["vae"]
+    pos, neg = conds
+    with torch.inference_mode():
+        other = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(m, zimage["adapter_name"], 1.0)[0]
+    e = np.zeros(128, np.float32)
+    people = P.pp.People((P.pp.Person("base", m, e), P.pp.Person("lora", other, e)), faces=(1, 0),
+                         places=((0, 16.0, 16.0), (0, 48.0, 48.0)))
+    faces = torch.cat([face, face.flip(2)])
+    node = P.shd.ShadingSamplerModelPatch()
+    args = (zimage["tile"], zimage["union"], 0.8, 0.0, 1.0, 0.8, 0.0, 0.7, 4, 3, 1.0, "euler", "simple", 0.6)
+    with torch.inference_mode():
+        both = node.sample(m, pos, neg, v, faces, faces, *args, init_image=faces, people=people)[0]["samples"]
+        plain = node.sample(m, pos, neg, v, faces, faces, *args, init_image=faces)[0]["samples"]
+        for i, model in ((0, other), (1, m)):
+            one = faces[i:i + 1]
+            alone = node.sample(model, pos, neg, v, one, one, *args, init_image=one)[0]["samples"]
+            assert torch.allclose(both[i:i + 1], alone, atol=1e-4), i
+    assert (both[0] - plain[0]).abs().max() > 1e-3          # face 0: its person's LoRA, not the base model
+    with pytest.raises(P.Error, match="assigns 2 face"):
+        node.sample(m, pos, neg, v, face, face, *args, init_image=face, people=people)
+
+
 def test_zimage_shading_refuses_controls_of_other_families(P, zimage, comfy, face, conds):
     pos, neg = conds
     node = P.shd.ShadingSamplerModelPatch()
@@ -229,3 +255,54 @@ def test_zimage_harmonize_masked_img2img_keeps_outside_exact(P, zimage, comfy, c
         assert torch.equal(out[0][fm == 0], img[0][fm == 0])
         assert (out - img)[0][fm > 0.99].abs().mean() > 0.01
         assert lat["samples"].shape[1] == 16
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_zimage_harmonize_with_the_fun_controlnet_inpaint_mode(P, zimage, comfy, conds, crop):
+    """Harmonize on Z-Image with the Fun ControlNet union patch's inpaint mode (inpaint_model_patch) on the MODEL with
+    an identity LoRA: outside the grown, feathered mask every pixel is the input's; the patch changes the result
+    against masked img2img; control_strength 0 is masked img2img; a patch without an inpaint mode is refused."""
+    import comfy.sd as comfy_sd
+    import tiny_models as tm
+    from comfyui_megaportrait.nodes import harmonize
+    pos, neg = conds
+    m = zimage["model"]
+    fam = P.fam.of_model(m)
+    dm = m.model.diffusion_model
+    layers = [(n, tuple(mod.weight.shape)) for n, mod in dm.named_modules() if isinstance(mod, torch.nn.Linear)
+              and re.fullmatch(fam.lora_targets["attention"], n)]
+    with torch.inference_mode():
+        ident = comfy_sd.load_lora_for_models(m, None, tm.random_kohya_lora(layers, 4, 9), 1.0, 0.0)[0]
+    img = torch.rand(1, 120, 96, 3, generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(1, 120, 96)
+    mask[:, 40:80, 30:70] = 1.0
+    fm = harmonize.prepare_mask(mask[0], 4, 6)
+    node = harmonize.Harmonize()
+
+    def run(strength=0.8, patch=zimage["union"]):
+        with torch.inference_mode():
+            return node.harmonize(ident, pos, neg, zimage["vae"], img, mask, 3, 4, 1.0, "euler", "simple", 0.6, 4, 6,
+                                  crop, 0.3, 64, control_strength=strength, inpaint_model_patch=patch)
+    out, lat = run()
+    assert out.shape == img.shape and torch.isfinite(out).all() and lat["samples"].shape[1] == 16
+    assert torch.equal(out[0][fm == 0], img[0][fm == 0])
+    assert (out - img)[0][fm > 0.99].abs().mean() > 0.01
+    plain = run(patch=None)[0]
+    assert torch.equal(run(strength=0.0)[0], plain)                 # strength 0 == masked img2img
+    assert not torch.equal(out, plain)                               # the inpaint mode guides the redraw
+    assert not ident.model_options.get("transformer_options", {}).get("patches")    # the MODEL is not patched
+    with pytest.raises(P.Error, match="'inpaint_model_patch' has no inpaint mode"):
+        run(patch=zimage["tile"])
+
+
+def test_harmonize_inpaint_model_patch_is_refused_on_other_families(P, zimage, comfy):
+    from comfyui_megaportrait.nodes import harmonize
+    with torch.inference_mode():
+        sd_m, sd_c, sd_v = comfy.nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
+        sd_pos = comfy.nodes.CLIPTextEncode().encode(sd_c, "x")[0]
+    img, mask = torch.rand(1, 64, 64, 3), torch.zeros(1, 64, 64)
+    mask[:, 20:40, 20:40] = 1
+    with pytest.raises(P.Error, match="Harmonize.*the MODEL is SD1.x, whose ControlNets are CONTROL_NETs"):
+        with torch.inference_mode():
+            harmonize.Harmonize().harmonize(sd_m, sd_pos, sd_pos, sd_v, img, mask, 1, 2, 5.0, "euler", "normal", 0.5,
+                                            4, 6, True, 0.3, 64, inpaint_model_patch=zimage["union"])

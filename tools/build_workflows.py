@@ -10,7 +10,9 @@ independently (as the frontend does) and checks the result against the shipped A
 
 The Flux.1 workflow (megaportrait_full_flux) needs stock nodes that early-2024 ComfyUI lacks (FluxGuidance,
 DualCLIPLoader's type 'flux'): it is generated and checked on a ComfyUI with Flux support (the 0.33 host:
-MEGAPORTRAIT_COMFYUI=.host/ComfyUI-0.33); on an older host it is left alone, and the script says so.
+MEGAPORTRAIT_COMFYUI=.host/ComfyUI-0.33); on an older host it is left alone, and the script says so. The same holds
+for the Z-Image workflow (megaportrait_full_zimage: ModelPatchLoader, ZImageFunControlnet, CLIPLoader's type
+'lumina2', ComfyUI 0.33).
 """
 from __future__ import annotations
 
@@ -315,7 +317,7 @@ def _identity_training(g: Graph, ckpt: Node, vae, fa: Node, res: int, model=None
     train.update(settings)
     trainer = g.add("MegaPortraitIdentityLoraTrainer", "Identity LoRA Trainer", (X[1], 420), "Identity Net: training",
                     model=model or ckpt.out(0), clip=clip or ckpt.out(1), vae=vae, images=photos.out(0),
-                    face_analysis=fa.out(0), **train)
+                    face_analysis=fa.out(0), face_masks=photos.out(2), **train)
     g.add("SaveImage", "Save loss curve", (X[1], 1120), "Identity Net: training", images=trainer.out(3),
           filename_prefix="MegaPortrait/loss_curve")
     return photos, trainer
@@ -326,6 +328,9 @@ def _identity_training(g: Graph, ckpt: Node, vae, fa: Node, res: int, model=None
 # flow schedule wants euler + simple
 SD_SAMPLING = FAMILIES.by_name("SD1.x").sampling.widgets()
 FLUX_SAMPLING = FAMILIES.by_name("Flux.1").sampling.widgets()
+# Z-Image-Turbo (step-distilled): ComfyUI's Z-Image-Turbo blueprint's 8 steps, cfg 1, res_multistep + simple
+ZIMAGE_SAMPLING = FAMILIES.by_name("Z-Image").sampling.widgets()
+ZIMAGE_STEPS = FAMILIES.by_name("Z-Image").sampling.steps
 
 
 def _sd_prompts(g: Graph, clip) -> tuple:
@@ -346,21 +351,50 @@ def _flux_prompts(g: Graph, clip) -> tuple:
     return guided.out(0), zero.out(0)
 
 
+def _zimage_prompts(g: Graph, clip) -> tuple:
+    """Z-Image-Turbo (cfg 1): one prompt; the negative is the prompt zeroed out (unused at cfg 1), as ComfyUI's
+    Z-Image-Turbo blueprints make it."""
+    enc = g.add("CLIPTextEncode", "Positive prompt (keep the trigger word)", (X[2], 0), "Reference face",
+                clip=clip, text=POSITIVE)
+    zero = g.add("ConditioningZeroOut", "Negative (zeroed; unused at cfg 1)", (X[2], 230), "Reference face",
+                 conditioning=enc.out(0))
+    return enc.out(0), zero.out(0)
+
+
 def _pipeline(g: Graph, family: str, model, clip, vae, fa: Node, tile: Node, detail: Node, inpaint: Node | None,
               res: int, photos: Node | None, reference: str = "grace_hopper.jpg", selection: str = "largest",
               min_face_size: int = 48, prompts: Callable = _sd_prompts, sampling: dict = SD_SAMPLING,
-              harmonize: dict | None = None):
+              harmonize: dict | None = None, steps: int = 25, harmonize_steps: int = 20, patches: bool = False,
+              people: Node | None = None):
     """The sampling stages. ``tile`` / ``detail``: the nodes whose output 0 is the light / HF map ControlNet (the
-    light one also holds the geometry in the dual-strength sampler); ``harmonize``: extra Harmonize inputs."""
+    light one also holds the geometry in the dual-strength sampler); ``harmonize``: extra Harmonize inputs.
+    ``patches``: the controls are model patches (MODEL_PATCH, Z-Image's Fun ControlNets): the stock
+    ZImageFunControlnet patches the dual-strength sampler's MODEL with the face crop, and the Shading Fun ControlNet
+    Sampler takes them. ``people``: the last Add Person (several people: Assign Faces to People after Face Crop, and
+    every sampler and Harmonize with its people)."""
     pos, neg = prompts(g, clip)
     ref = g.add("LoadImage", "Reference portrait", (X[2], 430), "Reference face", image=reference)
     crop = g.add("MegaPortraitFaceCrop", "Face Crop", (X[2], 800), "Reference face", face_analysis=fa.out(0),
                  image=ref.out(0), crop_size=res, context=0.25, selection=selection, index=0,
                  min_face_size=min_face_size)
+    faces, face_crop, per_person = crop.out(0), crop.out(1), {}
+    if people is not None:
+        assign = g.add("MegaPortraitAssignFacesToPeople", "Whose face is whose", (X[2], 1100), "Reference face",
+                       face_analysis=fa.out(0), people=people.out(0), image=ref.out(0), face=crop.out(0),
+                       face_crop=crop.out(1), match="by identity", threshold=0.0, unknown_faces="leave untouched",
+                       default_person="", assignment="")
+        faces, face_crop, per_person = assign.out(0), assign.out(1), {"people": assign.out(2)}
+    if patches:         # geometry held by the Fun ControlNet on the MODEL, the branches stay two KSampler runs
+        held = g.add(FAMILIES.by_name("Z-Image").control_node, "Fun ControlNet on the face crop (geometry)", (X[3], 0),
+                     "Identity Net: dual-strength", model=model, model_patch=tile.out(0), vae=vae, strength=0.4,
+                     image=faces)
+        dual_inputs = dict(model=held.out(0))
+    else:
+        dual_inputs = dict(model=model, control_net=tile.out(0), control_strength=0.4)
     dual = g.add("MegaPortraitDualStrengthIdentitySampler", "Dual-Strength Identity Sampler", (X[3], 0),
-                 "Identity Net: dual-strength", model=model, positive=pos, negative=neg, vae=vae,
-                 image=crop.out(0), seed=42, steps=25, **sampling,
-                 reference_denoise=0.35, source_denoise=0.7, control_net=tile.out(0), control_strength=0.4)
+                 "Identity Net: dual-strength", positive=pos, negative=neg, vae=vae,
+                 image=faces, seed=42, steps=steps, **sampling,
+                 reference_denoise=0.35, source_denoise=0.7, **dual_inputs, **per_person)
     g.add("PreviewImage", "Reference-like", (X[3], 620), "Identity Net: dual-strength", images=dual.out(1))
     g.add("PreviewImage", "Source-like", (X[3], 900), "Identity Net: dual-strength", images=dual.out(3))
     light = g.add("MegaPortraitLightMap", "Light map (of the reference-like face)", (X[4], 0), "Light and HF maps",
@@ -374,23 +408,30 @@ def _pipeline(g: Graph, family: str, model, clip, vae, fa: Node, tile: Node, det
     recombined = g.add("MegaPortraitRecombineMaps", "Reference light + source detail", (X[4], 660), "Light and HF maps",
                        light_map=light.out(0), hf_map=hf.out(0), gain=1.0)
     g.add("PreviewImage", "Maps preview", (X[4], 820), "Light and HF maps", images=hf_hint.out(0))
-    shading = g.add("MegaPortraitShadingSampler", "Shading ControlNet Sampler", (X[5], 0), "Shading Net",
+    if patches:
+        nets = dict(light_model_patch=tile.out(0), hf_model_patch=detail.out(0))
+        shading_node, shading_title = "MegaPortraitShadingSamplerModelPatch", "Shading Fun ControlNet Sampler"
+    else:
+        nets = dict(light_control_net=tile.out(0), hf_control_net=detail.out(0))
+        shading_node, shading_title = "MegaPortraitShadingSampler", "Shading ControlNet Sampler"
+    shading = g.add(shading_node, shading_title, (X[5], 0), "Shading Net",
                     model=model, positive=pos, negative=neg, vae=vae, light_map=light.out(0),
-                    hf_map=hf_hint.out(0), light_control_net=tile.out(0), hf_control_net=detail.out(0),
+                    hf_map=hf_hint.out(0), **nets,
                     light_strength=0.6, light_start=0.0, light_end=1.0, hf_strength=0.5, hf_start=0.0, hf_end=0.7,
-                    seed=43, steps=25, **sampling, denoise=0.75,
-                    init_image=recombined.out(0))
+                    seed=43, steps=steps, **sampling, denoise=0.75,
+                    init_image=recombined.out(0), **per_person)
     g.add("PreviewImage", "Re-rendered face", (X[5], 760), "Shading Net", images=shading.out(1))
     paste = g.add("MegaPortraitPasteBack", "Paste Back", (X[6], 0), "Paste-back, Harmonization Net",
-                  reference=ref.out(0), face_crop=crop.out(1), face=shading.out(1), face_analysis=fa.out(0),
+                  reference=ref.out(0), face_crop=face_crop, face=shading.out(1), face_analysis=fa.out(0),
                   align="landmarks", mask_type="face ellipse", grow=0, feather=24, seam_width=16,
                   color_match="mean (Lab)")
     harm_kw = dict(model=model, positive=pos, negative=neg, vae=vae, image=paste.out(0), mask=paste.out(2),
-                   seed=44, steps=20, **sampling, denoise=0.5, grow=8,
+                   seed=44, steps=harmonize_steps, **sampling, denoise=0.5, grow=8,
                    feather=16, crop_to_mask=True, padding=0.3, working_resolution=res)
     if inpaint is not None:
         harm_kw.update(control_net=inpaint.out(0), control_strength=0.8)
     harm_kw.update(harmonize or {})
+    harm_kw.update(per_person)
     harm = g.add("MegaPortraitHarmonize", "Harmonize", (X[6], 380), "Paste-back, Harmonization Net", **harm_kw)
     g.add("SaveImage", "Save portrait", (X[6], 1000), "Paste-back, Harmonization Net", images=harm.out(0),
           filename_prefix="MegaPortrait/portrait")
@@ -488,6 +529,75 @@ def _flux_full(spec) -> Graph:
     return g
 
 
+ZIMAGE_NAME = "megaportrait_full_zimage"
+# Identity LoRA on Z-Image-Turbo (see README, "Z-Image"): the public Turbo recipes train rank 8-16 at lr 1e-4 for
+# 2000-3000 steps at batch 1 on 9-25 photos with the training adapter; the pack's 3-20 photos (flipped copies too)
+# need fewer: 1500 steps, rank 16 (alpha 16), 768 px (the middle of the recipes' 512/768/1024 buckets: 2304 tokens
+# a step instead of 4096), gradient checkpointing on (16-24 GB cards)
+ZIMAGE_TRAIN = dict(steps=1500, learning_rate=1e-4, rank=16, alpha=16.0, gradient_checkpointing=True)
+ZIMAGE_TRAIN_RES = 768
+TIPS_ZIMAGE = (
+    "MegaPortrait, full pipeline on Z-Image-Turbo.\n\n"
+    "LICENCE: Z-Image-Turbo, its Qwen3-4B text encoder, the VAE (ae), the Z-Image Fun ControlNet union 2.1 and the "
+    "Turbo training adapter are under Apache-2.0: this is the workflow for commercial work (the Flux.1 workflow's "
+    "models are non-commercial).\n\n"
+    "Needs ComfyUI 0.33 (Z-Image, ModelPatchLoader, ZImageFunControlnet).\n\n"
+    "1. Photos of the person in ComfyUI/input/megaportrait_source/ (3-20). 2. Load the reference portrait. 3. Queue.\n\n"
+    "Training: Turbo is step-distilled, so the training adapter (LoraLoaderModelOnly) goes on the trainer's 'model' "
+    "only; its 'output_model' is Turbo without it, so every sampler renders with Turbo + the identity LoRA in 8 steps. "
+    "768 px crops, rank 16 (alpha 16), AdamW 1e-4, 1500 steps, gradient checkpointing on. On 16 GB cards load the "
+    "diffusion model with weight_dtype fp8_e4m3fn.\n\n"
+    "Sampling: 8 steps, cfg 1, res_multistep + simple (ComfyUI's Z-Image-Turbo blueprint), 1024 px crops. The Fun "
+    "ControlNet union patch holds the geometry in the dual-strength sampler, carries the light map and the HF edges "
+    "in the Shading Fun ControlNet Sampler, and its inpaint mode guides Harmonize. Keep the trigger word (sks) in "
+    "the prompt.")
+
+
+def zimage_support(spec) -> str | None:
+    """None when the ComfyUI in ``spec`` has the stock nodes the Z-Image workflow needs; otherwise why not."""
+    for node in ("ModelPatchLoader", FAMILIES.by_name("Z-Image").control_node, "LoraLoaderModelOnly"):
+        try:
+            spec(node)
+        except KeyError:
+            return f"this ComfyUI has no {node} node (Z-Image support: ComfyUI 0.33)"
+    if "lumina2" not in spec("CLIPLoader")[0]["required"]["type"][0]:
+        return "this ComfyUI's CLIPLoader has no type 'lumina2' (Z-Image's Qwen3 text encoder)"
+    return None
+
+
+def _zimage_models(g: Graph) -> tuple:
+    """Z-Image-Turbo loaders: diffusion model (+ the training adapter for the trainer), Qwen3 text encoder, VAE, the
+    Fun ControlNet union patch (light map, HF map, inpaint mode)."""
+    unet = g.add("UNETLoader", "Load diffusion model (Z-Image-Turbo)", (X[0], 0), "Models",
+                 [model_entry("zimage_unet")], unet_name=MODELS["zimage_unet"]["name"], weight_dtype="default")
+    adapter = g.add("LoraLoaderModelOnly", "Turbo training adapter (for training only)", (X[0], 150), "Models",
+                    [model_entry("zimage_adapter")], model=unet.out(0), lora_name=MODELS["zimage_adapter"]["name"],
+                    strength_model=1.0)
+    clip = g.add("CLIPLoader", "Load text encoder (Qwen3 4B)", (X[0], 300), "Models", [model_entry("zimage_te")],
+                 clip_name=MODELS["zimage_te"]["name"], type="lumina2")
+    vae = g.add("VAELoader", "Load VAE (ae)", (X[0], 450), "Models", [model_entry("zimage_vae")],
+                vae_name=MODELS["zimage_vae"]["name"]).out(0)
+    union = g.add("ModelPatchLoader", "Fun ControlNet union 2.1 (maps + inpaint)", (X[0], 560), "Models",
+                  [model_entry("zimage_union")], name=MODELS["zimage_union"]["name"])
+    return unet, adapter, clip, vae, union
+
+
+def _zimage_full(spec) -> Graph:
+    g = Graph(ZIMAGE_NAME, "MegaPortrait full pipeline (Z-Image-Turbo, Apache-2.0): train the identity LoRA on the "
+                           "source photos (with the Turbo training adapter), then Identity Net -> maps -> Shading Net "
+                           "(Fun ControlNet union patch) -> paste-back -> Harmonization Net (its inpaint mode).", spec)
+    unet, adapter, clip, vae, union = _zimage_models(g)
+    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
+               backend="dlib", det_threshold=0.3, det_size=640)
+    photos, trainer = _identity_training(g, None, vae, fa, ZIMAGE_TRAIN_RES, model=adapter.out(0), clip=clip.out(0),
+                                         output_model=unet.out(0), **ZIMAGE_TRAIN)
+    _pipeline(g, "zimage", trainer.out(0), trainer.out(1), vae, fa, union, union, None, 1024, photos,
+              prompts=_zimage_prompts, sampling=ZIMAGE_SAMPLING, steps=ZIMAGE_STEPS, harmonize_steps=ZIMAGE_STEPS,
+              patches=True, harmonize=dict(inpaint_model_patch=union.out(0), control_strength=0.8))
+    g.note(TIPS_ZIMAGE, (X[0], 700), (NODE_W, 560), "Models")
+    return g
+
+
 def _who_is_who(g: Graph, fa: Node, res: int) -> None:
     """Group photo: which of Face Crop's faces is the LoRA's person (Select Best Identity against the source photos)."""
     crop = next(n for n in g.nodes if getattr(n, "type", None) == "MegaPortraitFaceCrop")
@@ -497,6 +607,50 @@ def _who_is_who(g: Graph, fa: Node, res: int) -> None:
     best = g.add("MegaPortraitSelectBestIdentity", "Which face is the person", (X[2], 1250), "Reference face",
                  face_analysis=fa.out(0), source=photos.out(0), candidates=crop.out(0))
     g.add("PreviewImage", "Most similar face", (X[2], 1500), "Reference face", images=best.out(0))
+
+
+PEOPLE_NAME = "megaportrait_group_people"
+PEOPLE = ("alice", "bob")            # the shipped workflow's two people (tools/runner.py --person adds or drops some)
+TIPS_PEOPLE = (
+    "MegaPortrait on a group photo of several people: every face with the identity LoRA of the person it is.\n\n"
+    "1. Per person, 3-20 photos in ComfyUI/input/megaportrait_people/<name>/ (or tools/runner.py --person NAME=DIR, "
+    "repeated). Each person's LoRA is trained once and reused while the photos and settings stay the same.\n"
+    "2. Load the group photo as the reference. 3. Queue.\n\n"
+    "Whose face is whose: 'Whose face is whose' (Assign Faces to People) gives each face of Face Crop to the person "
+    "whose photos are nearest (identity distance below threshold; 0 = the backend's own). A face of nobody known is "
+    "left untouched, or given default_person. 'assignment' (e.g. 0=alice, 2=bob; 0 = the leftmost face) overrides. "
+    "Its report lists every face, its person and the distances.\n\n"
+    "More people: another Source photos + Identity LoRA Trainer + prompt + Add Person, chained before the last.")
+
+
+def _group_people(spec) -> Graph:
+    g = Graph(PEOPLE_NAME, "MegaPortrait on a group photo of several people: one identity LoRA per person (trained once "
+                           "each), every face re-rendered with the LoRA of the person it is (by identity, or by face "
+                           "number), all faces pasted back and harmonized in one pass.", spec)
+    ckpt, vae, tile, detail, inpaint = _models_and_prompts(g, "sd15", train=True)
+    fa = g.add("MegaPortraitFaceAnalysisLoader", "Face analysis (dlib)", (X[1], 0), "Identity Net: training",
+               backend="dlib", det_threshold=0.3, det_size=640)
+    last = None
+    for k, name in enumerate(PEOPLE):
+        y = 200 + 2000 * k
+        photos = g.add("MegaPortraitLoadSourcePhotos", f"Source photos: {name}", (X[1], y), "Identity Net: training",
+                       folder=f"megaportrait_people/{name}", filenames="", resolution=512, face_scale=2.2,
+                       min_photos=6, seed=0, face_analysis=fa.out(0))
+        trainer = g.add("MegaPortraitIdentityLoraTrainer", f"Identity LoRA Trainer: {name}", (X[1], y + 300),
+                        "Identity Net: training", model=ckpt.out(0), clip=ckpt.out(1), vae=vae, images=photos.out(0),
+                        face_analysis=fa.out(0), face_masks=photos.out(2), trigger_word="sks", class_word="person",
+                        prompt_template="photo of {trigger} {class}", steps=800, learning_rate=1e-4, rank=8, alpha=8.0,
+                        batch_size=1, resolution=512, seed=0, save_name=f"megaportrait/{name}")
+        enc = g.add("CLIPTextEncode", f"Prompt: {name}", (X[1], y + 1000), "Identity Net: training",
+                    clip=trainer.out(1), text=POSITIVE)
+        links = {"people": last.out(0)} if last is not None else {}
+        last = g.add("MegaPortraitAddPerson", f"Add Person: {name}", (X[1], y + 1300), "Identity Net: training",
+                     face_analysis=fa.out(0), name=name, model=trainer.out(0), photos=photos.out(0),
+                     positive=enc.out(0), lora_name=trainer.out(2), **links)
+    _pipeline(g, "sd15", ckpt.out(0), ckpt.out(1), vae, fa, tile, detail, inpaint, 512, None,
+              reference="group_photo.png", selection="every face (left to right)", min_face_size=32, people=last)
+    g.note(TIPS_PEOPLE, (X[0], 620), (NODE_W, 420), "Models")
+    return g
 
 
 def build_all(spec) -> dict:
@@ -515,6 +669,8 @@ def build_all(spec) -> dict:
         graphs[name] = g
     if flux_support(spec) is None:                # generated on a ComfyUI with Flux support only (see main)
         graphs[FLUX_NAME] = _flux_full(spec)
+    if zimage_support(spec) is None:              # generated on a ComfyUI with Z-Image support only (see main)
+        graphs[ZIMAGE_NAME] = _zimage_full(spec)
 
     g = Graph("megaportrait_with_lora", "MegaPortrait with an identity LoRA you already trained (no training).", spec)
     ckpt, vae, tile, detail, inpaint = _models_and_prompts(g, "sd15", train=False)
@@ -539,6 +695,7 @@ def build_all(spec) -> dict:
            "'identity' input re-renders only that person. Paste Back puts every face back into the one photo and "
            "Harmonize samples each seam in its own box.", (X[0], 620), (NODE_W, 260), "Models")
     graphs[g.name] = g
+    graphs[PEOPLE_NAME] = _group_people(spec)
 
     g = Graph("megaportrait_train", "MegaPortrait Identity Net training only: source photos -> identity LoRA.", spec)
     ckpt = g.add("CheckpointLoaderSimple", "Load checkpoint (SD1.5 photo model)", (X[0], 0), "Models",
@@ -788,10 +945,10 @@ def main(argv=None) -> int:
     _setup_comfy()
     spec = comfy_spec()
     files = render(spec)
-    why = flux_support(spec)
-    if why:
-        print(f"skipped {FLUX_NAME} (left as it is): {why}; generate and check it on a ComfyUI with Flux support, "
-              "e.g. MEGAPORTRAIT_COMFYUI=.host/ComfyUI-0.33 .venv-0.33/bin/python tools/build_workflows.py")
+    for name, why in ((FLUX_NAME, flux_support(spec)), (ZIMAGE_NAME, zimage_support(spec))):
+        if why:
+            print(f"skipped {name} (left as it is): {why}; generate and check it on ComfyUI 0.33, "
+                  "e.g. MEGAPORTRAIT_COMFYUI=.host/ComfyUI-0.33 .venv-0.33/bin/python tools/build_workflows.py")
     files = {os.path.join(WF_DIR, rel): text for rel, text in files.items()}
     files.update({os.path.join(REPO, rel): text for rel, text in render_blueprints(spec).items()})
     stale = []

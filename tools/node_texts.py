@@ -33,6 +33,8 @@ SHARED_INPUTS_ZH = {
                        "并随图像短边缩放，因此 512 与 2048 像素的脸得到相似的图。0 = 不滤波。越大，光照图只保留大范围明暗，"
                        "更多结构进入高频图。默认 8。"),
     "sigma_mode": ("sigma 模式", "sigma 的度量方式：“relative to 512 px”（随图像短边缩放）或 “pixels”（绝对像素）。"),
+    "people": ("人物", "合影中的多个人物：来自“分配人脸给人物”的 people。批次中的每张脸用其人物的模型（以及该人物自己的提示词，如有）"
+                       "采样，而不是 model。"),
     "filter_type": ("滤波类型", "低通核：gaussian（平滑，默认）或 box（均值，大 sigma 时略快）。"),
 }
 
@@ -70,6 +72,8 @@ NODES = {
             "provider": ("执行设备", "仅 insightface：onnxruntime 执行提供者（auto = 有 CUDA 时用 CUDA，否则 CPU）。"),
             "min_face": ("最小人脸", "搜索的最小人脸，以全分辨率图像的像素计（检测框约为脸宽的 0.8：32 可找到约 40 像素宽的脸）。"
                                     "dlib 会把图像放大 72/min_face 倍搜索，减半约耗时 4 倍；大照片中的大脸可调高以加速。"),
+            "turned_faces": ("侧转人脸", "仅 dlib。HOG + CNN：额外运行 dlib 的 CNN 人脸检测器，可找到正面 HOG 检测器漏掉的三分之二侧脸"
+                                        "或低头的脸（从 80 像素起；单个 CPU 核心上每百万像素约 20 秒，因此默认关闭）。"),
         },
         outputs_zh=[("人脸分析", "供 MegaPortrait 人脸节点使用的人脸分析模型。")],
     ),
@@ -118,6 +122,67 @@ NODES = {
         },
         outputs_zh=[("最佳图像", "最相似的批次项。"), ("索引", "它在批次中的索引。"), ("距离", "它的身份距离。"),
                     ("报告", "可读的逐项距离。")],
+    ),
+    "MegaPortraitAddPerson": dict(
+        zh_title="添加人物",
+        zh_description="合影中的一个人物：名字、带其身份 LoRA 的 MODEL 和其照片（用其身份找到他们的脸）。每个人物串联一个"
+                       "“添加人物”，然后接“分配人脸给人物”。",
+        role_en="Several people in one group photo (as MagicID treats group photos): each person is their source photos "
+                "and their own Identity Net (the identity LoRA, trained once per person). Add Person bundles one "
+                "person's MODEL, prompt and photo identity; chained, they form the PEOPLE that Assign Faces to People "
+                "matches the group photo's faces against.",
+        role_zh="一张合影中的多个人物（如 MagicID 对合影的处理）：每个人物有自己的源照片和自己的身份网络（身份 LoRA，每人只训练一次）。"
+                "“添加人物”把一个人的 MODEL、提示词和照片身份打包；串联起来就是“分配人脸给人物”用来匹配合影人脸的 PEOPLE。",
+        typical_en=["model: the Identity LoRA Trainer's MODEL (or Load Identity LoRA) of this person; positive: the "
+                    "prompt encoded with that trainer's CLIP; lora_name: the trainer's lora_name.",
+                    "photos: the same photos the LoRA was trained on (3-20)."],
+        typical_zh=["model：此人物的身份 LoRA 训练器输出的 MODEL（或加载身份 LoRA）；positive：用该训练器的 CLIP 编码的提示词；"
+                    "lora_name：训练器的 lora_name。",
+                    "photos：训练 LoRA 所用的同一批照片（3-20 张）。"],
+        inputs_zh={
+            "name": ("名字", "人物的名字（一个词；人脸分配和报告用它）。"),
+            "model": ("模型", "带此人物身份 LoRA 的模型（训练器的 MODEL 输出，或加载身份 LoRA）。"),
+            "photos": ("照片", "此人物的照片（例如加载源照片）：用其平均身份找到他们的脸。"),
+            "people": ("人物", "之前添加的人物（另一个“添加人物”）；第一个人物留空。"),
+            "positive": ("正向", "此人物自己的提示词（用带其 LoRA 的 CLIP 编码）；留空则用采样器的 positive 输入。"),
+            "lora_name": ("LoRA 名称", "此人物的 LoRA 文件（训练器的 lora_name），供融合节点的 inpaint_model 使用。"),
+        },
+        outputs_zh=[("人物", "到目前为止的人物（本人物在最后）：接下一个“添加人物”或“分配人脸给人物”。")],
+    ),
+    "MegaPortraitAssignFacesToPeople": dict(
+        zh_title="分配人脸给人物",
+        zh_description="判定合影中每张脸属于谁：按人脸序号（“0=alice, 2=bob”），其余按身份（照片最接近且在阈值内的人物）。"
+                       "不认识的脸保持不变或交给默认人物。输出要重绘的脸、它们的 FACE_CROP，以及带分配结果的人物，供采样器和融合使用。",
+        role_en="Between Face Crop and the Identity Net: decides, for every face of the group photo, whose Identity Net "
+                "re-renders it. Faces left untouched are dropped from the batch, so Paste Back never touches them; the "
+                "PEOPLE output tells the Dual-Strength Identity Sampler, the Shading ControlNet Sampler and Harmonize "
+                "which model (and prompt) each face and each seam takes.",
+        role_zh="位于人脸裁剪与身份网络之间：为合影中的每张脸决定由谁的身份网络重绘。保持不变的脸会从批次中去掉，因此贴回不会碰它们；"
+                "输出的 PEOPLE 告诉双强度身份采样器、着色 ControlNet 采样器和融合节点每张脸、每条接缝用哪个模型（和提示词）。",
+        typical_en=["threshold 0 (the backend's: dlib 0.6). Read the report: it lists every face, its person and the "
+                    "distance to each person.",
+                    "assignment for the faces identity gets wrong or cannot see (profile, small): e.g. '3=bob'.",
+                    "unknown_faces 'leave untouched' for bystanders; 'default person' to give everyone an identity."],
+        typical_zh=["threshold 0（使用后端的阈值：dlib 0.6）。查看报告：列出每张脸、其人物以及到每个人物的距离。",
+                    "身份判断错或看不清的脸（侧脸、过小）用 assignment 指定，例如 “3=bob”。",
+                    "旁观者用 unknown_faces “leave untouched”；想让每张脸都有身份则用 “default person”。"],
+        inputs_zh={
+            "people": ("人物", "来自最后一个“添加人物”。"),
+            "image": ("图像", "输入人脸裁剪的那张合影。"),
+            "face": ("人脸", "人脸裁剪的 face 输出（每张脸，从左到右）。"),
+            "face_crop": ("人脸裁剪信息", "人脸裁剪的 face_crop 输出。"),
+            "match": ("匹配方式", "by identity：未在 assignment 中的脸交给照片最接近（在阈值内）的人物。by index only：只有 "
+                                 "assignment 中的脸属于某人。"),
+            "threshold": ("阈值", "仍算作该人物的最大身份距离；0 = 后端通常的同一人阈值（dlib 0.6，insightface 0.65）。"),
+            "unknown_faces": ("未知人脸", "不属于任何已知人物的脸：保持原样，或按 default_person 重绘。"),
+            "default_person": ("默认人物", "选择 “default person” 时未知人脸归属的人物名字（留空：第一个人物）。"),
+            "assignment": ("指定分配", "明确的人脸 -> 人物条目，例如 “0=alice, 2=bob”（0 = 人脸裁剪中最左的脸；人物用名字或序号，"
+                                      "0 = 第一个添加的）。优先于身份匹配。"),
+        },
+        outputs_zh=[("人脸", "要重绘的脸（人脸裁剪的输出，去掉保持不变的脸），顺序不变。"),
+                    ("人脸裁剪信息", "它们的 FACE_CROP：接到贴回。"),
+                    ("人物", "带每张脸归属的人物：接到采样器和融合节点的 people。"),
+                    ("报告", "每张脸属于谁，以及身份距离。")],
     ),
     "MegaPortraitFaceCrop": dict(
         zh_title="人脸裁剪",
@@ -182,7 +247,9 @@ NODES = {
             "identity_check": ("身份检查", "有 face_analysis 时：照片必须是同一个人。与多数其他照片的身份距离高于后端阈值"
                                           "（dlib 0.6，insightface 0.65）的照片会在错误中列出；“warn and go on” 只记录日志。"),
         },
-        outputs_zh=[("照片", "正方形照片，resolution x resolution，原图在前，增强副本在后。"), ("数量", "批次中的照片数。")],
+        outputs_zh=[("照片", "正方形照片，resolution x resolution，原图在前，增强副本在后。"), ("数量", "批次中的照片数。"),
+                    ("人脸遮罩", "有 face_analysis 时：每张照片的脸部和头发的羽化遮罩（供训练器的人脸加权损失使用）；"
+                                 "没有 face_analysis 或未找到人脸时处处为 1。")],
     ),
     "MegaPortraitIdentityLoraTrainer": dict(
         zh_title="身份 LoRA 训练器",
@@ -196,14 +263,20 @@ NODES = {
         role_zh="论文的模块 1，身份网络（训练）：用一个罕见触发词让检查点学会源人物的 LoRA。它的 MODEL 接到双强度身份采样器、"
                 "着色 ControlNet 采样器和融合节点；它的 lora_name 接到融合节点的修复模型。每个人只需训练一次：“reuse” 会通过元数据找回同一个 LoRA。",
         typical_en=["SD1.5 / SDXL: 800 steps, rank 8, alpha 8, learning_rate 1e-4, batch_size 1, flip on.",
+                    "face_masks from Load Source Photos with background_weight 0.25: the loss counts the face most.",
                     "Flux.1: 1000 steps, rank 16, alpha 16, gradient_checkpointing on (16-24 GB cards).",
+                    "Z-Image-Turbo: the training adapter on 'model' only (LoraLoaderModelOnly), Turbo without it on "
+                    "output_model; 1500 steps, rank 16, alpha 16, learning_rate 1e-4, resolution 1024.",
                     "Identity too weak: more steps or train_text_encoder; reference pose or light ignored (overfit): "
                     "fewer steps or a lower LoRA strength downstream."],
         typical_zh=["SD1.5 / SDXL：800 步，rank 8，alpha 8，learning_rate 1e-4，batch_size 1，开启 flip。",
+                    "face_masks 接加载源照片的输出，background_weight 0.25：损失以人脸为主。",
                     "Flux.1：1000 步，rank 16，alpha 16，开启 gradient_checkpointing（16-24 GB 显卡）。",
+                    "Z-Image-Turbo：训练适配器只加在 'model' 上（LoraLoaderModelOnly），output_model 接不带适配器的 Turbo；"
+                    "1500 步，rank 16，alpha 16，learning_rate 1e-4，resolution 1024。",
                     "身份太弱：增加步数或开启 train_text_encoder；参考的姿态或光照被忽略（过拟合）：减少步数或在下游降低 LoRA 强度。"],
         inputs_zh={
-            "model": ("模型", "要个性化的检查点（SD1.5 或 SDXL；上游已应用的其他 LoRA 会烘焙进训练副本）。"),
+            "model": ("模型", "要个性化的检查点（SD1.5、SDXL、Flux.1 或 Z-Image；上游已应用的其他 LoRA 会烘焙进训练副本）。"),
             "clip": ("CLIP", "它的文本编码器：编码实例提示词（开启 train_text_encoder 时也被训练）。"),
             "vae": ("VAE", "它的 VAE：把照片编码为潜空间。"),
             "images": ("图像", "该人物的 3-20 张照片（例如来自加载源照片）。裁成正方形（连接 face_analysis 时围绕人脸）并缩放到 resolution。"),
@@ -215,10 +288,12 @@ NODES = {
             "rank": ("秩", "LoRA 秩（容量）。人脸通常用 4-16；越高文件越大，越易过拟合。"),
             "alpha": ("alpha", "LoRA alpha：更新按 alpha/rank 缩放。alpha = rank（默认）即缩放为 1。"),
             "batch_size": ("批大小", "每步的照片数。"),
-            "resolution": ("分辨率", "训练分辨率（SD1.5 用 512，SDXL 用 1024）。"),
+            "resolution": ("分辨率", "训练分辨率（SD1.5 和 Flux.1 用 512，Z-Image 用 768，SDXL 用 1024）。"),
             "seed": ("种子", "LoRA 初始化、批次、噪声和时间步的种子：相同种子 + 设置 = 相同的 LoRA。"),
             "save_name": ("保存名", "models/loras 下的文件名（可用 '/' 建子文件夹）；自动添加 '.safetensors'。"),
             "face_analysis": ("人脸分析", "围绕人脸裁剪每张照片（推荐）。没有人脸的照片会报错并给出文件名。"),
+            "face_masks": ("人脸遮罩", "每张照片一个遮罩（1 = 脸部和头发），例如加载源照片的 face_masks：遮罩外的损失乘以 "
+                                       "background_weight，让 LoRA 更多地学习人脸，而不是照片的背景、衣着和光照。照片在此处被裁剪时遮罩随之裁剪。"),
             "train_text_encoder": ("训练文本编码器", "同时训练文本编码器 LoRA（lora_te 键）。身份更强，过拟合风险更大。"),
             "text_learning_rate": ("文本学习率", "文本编码器 LoRA 的学习率（训练时）。"),
             "target": ("目标层", "加 LoRA 的 UNet 层：注意力投影（q、k、v、out），或再加上前馈层。"),
@@ -230,8 +305,13 @@ NODES = {
             "if_exists": ("文件已存在时", "LoRA 文件已存在时：加计数后缀（name_00001）、覆盖，或报错停止。"),
             "if_trained": ("已训练时", "reuse：models/loras 中已有用相同照片、模型、提示词和设置训练的 LoRA（通过元数据中的键找到）时直接使用，"
                                       "不再训练；train again：总是训练。"),
+            "background_weight": ("背景权重", "有 face_masks 时：脸部和头发之外像素的损失权重（遮罩内为 1）。1 = 普通损失；"
+                                              "0 = 只学人脸（背景会漂移）；0.25 在让人脸占主导的同时稳住背景。"),
+            "output_model": ("输出模型", "代替 'model' 返回并应用身份 LoRA 的 MODEL（同一模型系列）：例如没有训练适配器的 Z-Image-Turbo"
+                                        "（LoraLoaderModelOnly 只为训练给 'model' 加上适配器），或 'model' 为 Z-Image Base 时的 Turbo。"
+                                        "留空：用 'model'。"),
         },
-        outputs_zh=[("模型", "应用了训练好的 LoRA 的输入 MODEL（克隆；输入不变）。"),
+        outputs_zh=[("模型", "应用了训练好的 LoRA 的输入 MODEL（或 output_model）（克隆；输入不变）。"),
                     ("CLIP", "输入的 CLIP，训练了文本编码器 LoRA 时带上它（克隆）。"),
                     ("LoRA 名称", "models/loras 中 LoRA 的文件名（供 LoraLoader / 加载身份 LoRA 使用）。"),
                     ("损失曲线", "每步的损失（原始与平滑）。")],
@@ -486,8 +566,8 @@ NODES = {
     ),
     "MegaPortraitHarmonize": dict(
         zh_title="融合",
-        zh_description="MegaPortrait 融合网络：对贴回人脸的接缝（或整张脸）进行修复，使脸和身体融为一体，使用 model（遮罩图生图）或修复模型"
-                       "（FLUX.1 Fill、SD inpainting）。crop_to_mask 只在遮罩周围的扩展框内以工作分辨率采样并拼回；羽化遮罩之外的像素与输入完全相同。",
+        zh_description="MegaPortrait 融合网络：对贴回人脸的接缝（或整张脸）进行修复，使脸和身体融为一体，使用 model（遮罩图生图；在 Z-Image 上"
+                       "由 Fun ControlNet union 补丁的修复模式引导）或修复模型（FLUX.1 Fill、SD inpainting）。crop_to_mask 只在遮罩周围的扩展框内以工作分辨率采样并拼回；羽化遮罩之外的像素与输入完全相同。",
         role_en="Module 5 of the paper, the Harmonization Net: masked inpainting over Paste Back's seam mask so that "
                 "face, hair and neck fuse. Pixels outside the grown and feathered mask stay exactly the pasted image.",
         role_zh="论文的模块 5，融合网络：在贴回的接缝遮罩上做遮罩修复，使脸、头发和颈部融为一体。扩展并羽化后的遮罩之外，像素与贴回的图像完全相同。",
@@ -495,11 +575,12 @@ NODES = {
         typical_en=["denoise 0.4-0.6 (0.5 in the workflows), grow 8, feather 16, crop_to_mask on, padding 0.3, "
                     "working_resolution 512 (SD1.5) or 1024 (SDXL, Flux.1).",
                     "SD1.5: an inpaint ControlNet at control_strength 0.8. Flux.1: inpaint_model = FLUX.1 Fill with the "
-                    "identity LoRA (lora_name), fill_guidance 30."],
+                    "identity LoRA (lora_name), fill_guidance 30. Z-Image: model = the identity model, "
+                    "inpaint_model_patch = the Fun ControlNet union patch, control_strength 0.8."],
         typical_zh=["denoise 0.4-0.6（工作流中为 0.5），grow 8，feather 16，开启 crop_to_mask，padding 0.3，working_resolution 512"
                     "（SD1.5）或 1024（SDXL、Flux.1）。",
                     "SD1.5：control_strength 0.8 的 inpaint ControlNet。Flux.1：inpaint_model = FLUX.1 Fill 并带身份 LoRA（lora_name），"
-                    "fill_guidance 30。"],
+                    "fill_guidance 30。Z-Image：model = 身份模型，inpaint_model_patch = Fun ControlNet union 补丁，control_strength 0.8。"],
         inputs_zh={
             "model": ("模型", "用于修复的模型（身份模型可保持人脸一致）。"),
             "positive": ("正向", "描述人像的提示词。"),
@@ -514,12 +595,14 @@ NODES = {
             "padding": ("边距", "crop_to_mask 开启时遮罩框周围的上下文，按框尺寸的比例。"),
             "working_resolution": ("工作分辨率", "采样框的长边（SD1.5 用 512，SDXL 用 1024）。"),
             "control_net": ("ControlNet", "可选的修复 ControlNet（例如 control_v11p_sd15_inpaint）：其提示图是遮罩像素设为 -1 的区域。"),
-            "control_strength": ("控制强度", "修复 ControlNet 的强度。"),
+            "control_strength": ("控制强度", "修复 ControlNet 或修复模型补丁的强度。"),
             "inpaint_model": ("修复模型", "可选的修复模型（FLUX.1 Fill，或与 model 同系列的 SD inpainting 检查点）：连接时由它代替 model "
                                         "修复，以遮罩图像为条件；否则 model 做遮罩图生图。"),
             "lora_name": ("LoRA 名称", "可选：身份 LoRA 训练器的 lora_name，应用到 inpaint_model 上，使修复区域保持身份。"),
             "inpaint_lora_strength": ("修复 LoRA 强度", "lora_name 在 inpaint_model 上的强度。"),
             "fill_guidance": ("Fill 引导", "给 FLUX.1 Fill 修复模型的引导值（推荐 30；提示词的 FluxGuidance 是给 dev 模型的）。"),
+            "inpaint_model_patch": ("修复模型补丁", "可选，Z-Image：Fun ControlNet union 补丁（ModelPatchLoader）的修复模式："
+                                                 "每个框的图像和遮罩在 model（带身份 LoRA）重绘遮罩区域时引导它。留空：遮罩图生图。"),
         },
         outputs_zh=[("图像", "融合后的图像，与输入同尺寸。"),
                     ("潜空间", "被修复区域的采样潜空间（开启 crop_to_mask 时为工作分辨率下的裁剪框；否则为补齐到 8 的倍数的整张图；"

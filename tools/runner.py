@@ -3,6 +3,8 @@
     python tools/runner.py --reference ref.jpg --source photos/ --out out/
         [--workflow megaportrait_full] [--server http://127.0.0.1:8188 | --comfyui /path/to/ComfyUI]
         [--download] [--smoke] [--set "Title.input=value" ...] [--faces all|largest|N|match [--identity photo]]
+        [--workflow megaportrait_group_people --person NAME=FOLDER ... | --people FOLDER [--assign 0=NAME,...]
+         [--unknown untouched|NAME]]
 
 * Uploads the reference portrait and the source photos (/upload/image; the photos into
   input/megaportrait_source/<hash of the photos>/, so a second run with the same photos hits ComfyUI's cache and
@@ -16,6 +18,11 @@
   that tools/setup_env.sh prepares) is started on 127.0.0.1 for the run.
 * --faces picks the reference's faces: all (every face, left to right: megaportrait_group does this), largest,
   N (the Nth face from the left, 0 = leftmost) or match (every face matching --identity, or the source photos).
+* --person NAME=FOLDER (repeated) or --people FOLDER (one folder per person) with megaportrait_group_people: each
+  person's photos are uploaded into input/megaportrait_people/<hash>/ and their identity LoRA trained once
+  (megaportrait/<name>); the workflow's chain of Add Person nodes is extended or cut to the people given, and
+  every face of the reference is re-rendered with the LoRA of the person it is (--faces match or all: every face;
+  --assign '0=alice' for explicit faces; --unknown untouched|NAME for faces of nobody known).
 * --batch MANIFEST runs N people x M references from a YAML manifest (tools/batch.py; exit code 2 when some jobs
   failed: the report says which and why).
 * --smoke runs the same pipeline on tiny random models with tiny settings to prove an install end to end. Its
@@ -51,10 +58,13 @@ LOADERS = {"CheckpointLoaderSimple": (("ckpt_name", "checkpoints"),), "VAELoader
            "ControlNetLoader": (("control_net_name", "controlnet"),), "LoraLoader": (("lora_name", "loras"),),
            "MegaPortraitLoadIdentityLora": (("lora_name", "loras"),),
            "UNETLoader": (("unet_name", "diffusion_models"),),
-           "DualCLIPLoader": (("clip_name1", "text_encoders"), ("clip_name2", "text_encoders"))}
+           "DualCLIPLoader": (("clip_name1", "text_encoders"), ("clip_name2", "text_encoders")),
+           "CLIPLoader": (("clip_name", "text_encoders"),), "ModelPatchLoader": (("name", "model_patches"),),
+           "LoraLoaderModelOnly": (("lora_name", "loras"),)}
 # the model folders the smoke run's tiny models go in (tiny_models.write_all)
-SMOKE_FOLDERS = ("checkpoints", "controlnet", "loras", "vae", "diffusion_models", "text_encoders")
+SMOKE_FOLDERS = ("checkpoints", "controlnet", "loras", "vae", "diffusion_models", "text_encoders", "model_patches")
 FLUX_NEEDS = "a ComfyUI with Flux support (from Aug 2024; tested on 0.33.0)"
+ZIMAGE_NEEDS = "a ComfyUI with Z-Image support and model patches (tested on 0.33.0)"
 SMOKE_SETTINGS = {
     "MegaPortraitLoadSourcePhotos": {"resolution": 64, "min_photos": 3},
     "MegaPortraitIdentityLoraTrainer": {"resolution": 64, "steps": 8, "save_name": "megaportrait/smoke_identity",
@@ -62,6 +72,7 @@ SMOKE_SETTINGS = {
     "MegaPortraitFaceCrop": {"crop_size": 64},
     "MegaPortraitDualStrengthIdentitySampler": {"steps": 3},
     "MegaPortraitShadingSampler": {"steps": 3},
+    "MegaPortraitShadingSamplerModelPatch": {"steps": 3},
     "MegaPortraitHarmonize": {"steps": 3, "working_resolution": 64},
     "MegaPortraitLoadIdentityLora": {"lora_name": "tiny_lora.safetensors"},
 }
@@ -95,6 +106,102 @@ def apply_faces(prompt: dict, faces: str, identity: list | None) -> None:
         update["identity"] = identity
     for nid in crops:
         prompt[nid]["inputs"].update(update)
+
+
+PERSON_NODES = ("MegaPortraitLoadSourcePhotos", "MegaPortraitIdentityLoraTrainer", "MegaPortraitLoadIdentityLora",
+                "CLIPTextEncode")
+
+
+def parse_people(person: list[str] | None, people_dir: str | None) -> list[tuple[str, list[str]]]:
+    """[(name, photo files)] of --person NAME=PATH (repeated; PATH a folder or a photo) and --people DIR (every folder
+    in it is a person, named after the folder), in that order."""
+    out: list[tuple[str, list[str]]] = []
+    for entry in person or []:
+        name, sep, path = entry.partition("=")
+        if not sep or not name.strip() or not path:
+            raise RunnerError(f"--person {entry!r}: use NAME=FOLDER (the person's photos)")
+        out.append((name.strip(), collect_images([path])))
+    if people_dir:
+        if not os.path.isdir(people_dir):
+            raise RunnerError(f"--people {people_dir}: not a folder (use a folder with one folder of photos per person)")
+        for sub in sorted(os.listdir(people_dir)):
+            if os.path.isdir(os.path.join(people_dir, sub)):
+                out.append((sub, collect_images([os.path.join(people_dir, sub)])))
+    names = [n.lower() for n, _ in out]
+    for name, files in out:
+        if not files:
+            raise RunnerError(f"person {name!r} has no photos (.png, .jpg, .jpeg, .webp, .bmp)")
+        if names.count(name.lower()) > 1:
+            raise RunnerError(f"person {name!r} is given twice")
+    if people_dir and not out:
+        raise RunnerError(f"--people {people_dir}: no folders of photos in it")
+    return out
+
+
+def person_chain(prompt: dict) -> list[str]:
+    """The Add Person nodes of a workflow, first to last (each one's 'people' input is the one before)."""
+    adds = nodes_of_type(prompt, "MegaPortraitAddPerson")
+    prev = {nid: (prompt[nid]["inputs"].get("people") or [None])[0] for nid in adds}
+    chain, cur = [], next((n for n in adds if prev[n] is None), None)
+    while cur is not None:
+        chain.append(cur)
+        cur = next((n for n in adds if prev[n] == cur), None)
+    if len(chain) != len(adds):
+        raise RunnerError("the workflow's Add Person nodes do not form one chain")
+    return chain
+
+
+def person_nodes(prompt: dict, add: str) -> list[str]:
+    """The nodes that belong to one person: their Add Person and what feeds it (photos, trainer or LoRA loader,
+    prompt), followed upstream through nodes of PERSON_NODES only."""
+    own, todo = [add], [add]
+    while todo:
+        for name, v in prompt[todo.pop()]["inputs"].items():
+            if name != "people" and isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] in prompt \
+                    and prompt[v[0]]["class_type"] in PERSON_NODES and v[0] not in own:
+                own.append(v[0])
+                todo.append(v[0])
+    return own
+
+
+def apply_people(prompt: dict, people: list[tuple[str, str]]) -> None:
+    """Make the workflow's chain of Add Person nodes the given people [(name, photos folder in the input
+    directory)]: the last person's nodes are copied for each extra person, the chain is cut for fewer; each person
+    gets their name, photos and own LoRA file (megaportrait/<name>, trained once while photos and settings stay)."""
+    chain = person_chain(prompt)
+    if not chain:
+        raise RunnerError("--person/--people need a workflow with Add Person nodes (e.g. megaportrait_group_people)")
+    if not people:
+        return
+    users = [(nid, k) for nid, n in prompt.items() for k, v in n["inputs"].items()
+             if k == "people" and isinstance(v, list) and v[0] == chain[-1] and nid not in chain]
+    while len(chain) < len(people):                     # copy the last person
+        nodes = person_nodes(prompt, chain[-1])
+        base = max(int(k) for k in prompt if k.isdigit())
+        new_id = {old: str(base + 1 + i) for i, old in enumerate(nodes)}
+        for old, nid in new_id.items():
+            n = copy.deepcopy(prompt[old])
+            for k, v in n["inputs"].items():
+                if isinstance(v, list) and len(v) == 2 and v[0] in new_id:
+                    n["inputs"][k] = [new_id[v[0]], v[1]]
+            prompt[nid] = n
+        prompt[new_id[chain[-1]]]["inputs"]["people"] = [chain[-1], 0]
+        chain.append(new_id[chain[-1]])
+    for extra in chain[len(people):]:                  # drop the people beyond
+        for nid in person_nodes(prompt, extra):
+            prompt.pop(nid, None)
+    chain = chain[:len(people)]
+    for nid, k in users:
+        prompt[nid]["inputs"][k] = [chain[-1], 0]
+    for add, (name, folder) in zip(chain, people):
+        prompt[add]["inputs"]["name"] = name
+        for nid in person_nodes(prompt, add):
+            n = prompt[nid]
+            if n["class_type"] == "MegaPortraitLoadSourcePhotos":
+                n["inputs"].update(folder=folder, filenames="")
+            elif n["class_type"] == "MegaPortraitIdentityLoraTrainer":
+                n["inputs"]["save_name"] = f"megaportrait/{name}"
+            n.setdefault("_meta", {})["title"] = f"{(n.get('_meta') or {}).get('title', '').split(':')[0]}: {name}"
 
 
 def add_image_loader(prompt: dict, image: str, title: str) -> list:
@@ -173,10 +280,10 @@ def required_models(prompt: dict) -> list[dict]:
 
 
 def manifest_entry(name: str):
-    for k, m in MODELS.items():
-        if not k.startswith("_") and m["name"] == name:
-            return m
-    return None
+    """The models.json entry of a file name; of several (ae.safetensors: FLUX.1-dev's gated copy and Z-Image's open
+    one), the one that downloads without a login."""
+    found = [m for k, m in MODELS.items() if not k.startswith("_") and m["name"] == name]
+    return min(found, key=lambda m: bool(m.get("gated")), default=None)
 
 
 def combo_options(spec) -> list:
@@ -273,10 +380,12 @@ def check_nodes(client: comfy_server.ComfyClient, prompt: dict) -> dict:
         info = client.object_info()
     except (urllib.error.URLError, OSError, comfy_server.ServerError, ValueError) as e:
         raise RunnerError(f"cannot reach the ComfyUI server at {client.base}: {e}") from e
-    why = flux_unsupported(prompt, info)
-    if why:
-        raise RunnerError(f"this workflow is a Flux.1 workflow and needs {FLUX_NEEDS}: the server at {client.base} "
-                          f"{why}; update that ComfyUI (tools/run_megaportrait.sh starts ComfyUI 0.33.0 when it can be had)")
+    for family, needs, why in (("Flux.1", FLUX_NEEDS, flux_unsupported(prompt, info)),
+                               ("Z-Image", ZIMAGE_NEEDS, zimage_unsupported(prompt, info))):
+        if why:
+            raise RunnerError(f"this workflow is a {family} workflow and needs {needs}: the server at {client.base} "
+                              f"{why}; update that ComfyUI (tools/run_megaportrait.sh starts ComfyUI 0.33.0 when it can "
+                              "be had)")
     missing = sorted({n["class_type"] for n in prompt.values() if n["class_type"] not in info})
     if missing:
         mp = [m for m in missing if m.startswith("MegaPortrait")]
@@ -301,6 +410,24 @@ def flux_unsupported(prompt: dict, info: dict) -> str | None:
     spec = info.get("DualCLIPLoader", {}).get("input", {}).get("required", {}).get("type")
     if "flux" not in combo_options(spec):
         return "has no DualCLIPLoader type 'flux'"
+    return None
+
+
+def is_zimage_workflow(prompt: dict) -> bool:
+    return any(n["class_type"] in ("ModelPatchLoader", "MegaPortraitShadingSamplerModelPatch")
+               or (n["class_type"] == "CLIPLoader" and n["inputs"].get("type") == "lumina2") for n in prompt.values())
+
+
+def zimage_unsupported(prompt: dict, info: dict) -> str | None:
+    """Why the server (its /object_info) cannot run this Z-Image workflow; None when it can or it is not one."""
+    if not is_zimage_workflow(prompt):
+        return None
+    for node in ("ModelPatchLoader", "ZImageFunControlnet"):
+        if node not in info:
+            return f"has no {node} node"
+    spec = info.get("CLIPLoader", {}).get("input", {}).get("required", {}).get("type")
+    if "lumina2" not in combo_options(spec):
+        return "has no CLIPLoader type 'lumina2' (Z-Image's Qwen3 text encoder)"
     return None
 
 
@@ -444,6 +571,7 @@ def _write_tiny_models(comfy_root: str, dest: str) -> None:
 
 def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
     prompt = load_workflow(args.workflow)
+    people = parse_people(getattr(args, "person", None), getattr(args, "people", None))   # bad ones fail here
     if args.faces:
         apply_faces(copy.deepcopy(prompt), args.faces, ["0", 0])           # a bad --faces fails before any upload
     if args.smoke:
@@ -469,7 +597,18 @@ def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
             name = upload(client, args.reference)
             for nid in ref_ids:
                 prompt[nid]["inputs"]["image"] = name
-        photo_ids = nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos")
+        if people or nodes_of_type(prompt, "MegaPortraitAddPerson"):
+            if not people:
+                raise RunnerError("this workflow re-renders several people: pass --person NAME=FOLDER for each (or "
+                                  "--people FOLDER with one folder of photos per person)")
+            uploaded = []
+            for name, files in people:
+                sub = f"megaportrait_people/{photos_digest(files)}"
+                for f in files:
+                    upload(client, f, subfolder=sub)
+                uploaded.append((name, sub))
+            apply_people(prompt, uploaded)
+        photo_ids = [] if people else nodes_of_type(prompt, "MegaPortraitLoadSourcePhotos")
         if photo_ids:
             files = collect_images(args.source or [])
             if not files:
@@ -482,7 +621,22 @@ def run(args, log=lambda m: print(m, file=sys.stderr)) -> list[str]:
         if args.lora:
             for nid in nodes_of_type(prompt, "MegaPortraitLoadIdentityLora"):
                 prompt[nid]["inputs"]["lora_name"] = args.lora
-        if args.faces:
+        if getattr(args, "assign", None) is not None or getattr(args, "unknown", None) is not None:
+            assign = nodes_of_type(prompt, "MegaPortraitAssignFacesToPeople")
+            if not assign:
+                raise RunnerError("--assign/--unknown need a workflow with Assign Faces to People "
+                                  "(e.g. megaportrait_group_people)")
+            for nid in assign:
+                if args.assign is not None:
+                    prompt[nid]["inputs"]["assignment"] = args.assign
+                if args.unknown is not None:
+                    untouched = args.unknown == "untouched"
+                    prompt[nid]["inputs"].update(unknown_faces="leave untouched" if untouched else "default person",
+                                                 default_person="" if untouched else args.unknown)
+        if args.faces and people and args.faces == "match":
+            # several people: every face, each matched to a person by Assign Faces to People
+            apply_faces(prompt, "all", None)
+        elif args.faces:
             identity = None
             if args.faces == "match":
                 if args.identity:
@@ -571,6 +725,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--faces", help="which faces of the reference: all, largest, N (0 = leftmost) or match (the faces "
                                     "matching --identity or the source photos); default: the workflow's")
     ap.add_argument("--identity", help="photo of the person whose faces --faces match re-renders")
+    ap.add_argument("--person", action="append", metavar="NAME=FOLDER",
+                    help="one person of a group photo and their photos (repeat it; workflow megaportrait_group_people): "
+                         "each face is re-rendered with the identity LoRA of the person it is")
+    ap.add_argument("--people", metavar="FOLDER", help="a folder with one folder of photos per person (named after it)")
+    ap.add_argument("--assign", metavar="FACE=NAME,...",
+                    help="several people: explicit face -> person entries, e.g. '0=alice,2=bob' (0 = leftmost face)")
+    ap.add_argument("--unknown", metavar="untouched|NAME",
+                    help="several people: a face of nobody known is left untouched (default) or re-rendered as NAME")
     ap.add_argument("--set", action="append", metavar="TITLE.INPUT=VALUE", help="override a node input (repeatable)")
     ap.add_argument("--download", action="store_true", help="download missing shipped models from Hugging Face")
     ap.add_argument("--smoke", action="store_true", help="tiny random models and settings: proves the install (noise out)")

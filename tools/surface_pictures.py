@@ -126,7 +126,7 @@ class Parts:
 
     def source_grid(self) -> Image.Image:
         sp = sys.modules[self.n["MegaPortraitLoadSourcePhotos"].__module__]
-        photos = sp.augment(_resize_sq(self.src_face, 256), 6, 0)
+        photos, _ = sp.augment(_resize_sq(self.src_face, 256), 6, 0)
         return _strip([_u8(photos[i:i + 1]) for i in range(photos.shape[0])], 160)
 
     def group_picture(self) -> Image.Image:
@@ -173,12 +173,15 @@ def draw_all(repo: str) -> list:
         "megaportrait_full": ("MegaPortrait: full pipeline", "SD1.5 · train identity LoRA, maps, shading, paste, harmonize"),
         "megaportrait_full_sdxl": ("MegaPortrait: full pipeline", "SDXL · 1024 px · identity LoRA + maps + harmonize"),
         "megaportrait_full_flux": ("MegaPortrait: full pipeline", "Flux.1 dev · union ControlNet · Flux Fill"),
+        "megaportrait_full_zimage": ("MegaPortrait: full pipeline", "Z-Image-Turbo · Apache-2.0 · Fun ControlNet union"),
         "megaportrait_with_lora": ("MegaPortrait with a LoRA", "SD1.5 · an identity LoRA you trained: no training"),
     }
     for name, (title, sub) in cards.items():
         save(_card(pipeline, title, sub), os.path.join(wf, f"{name}.jpg"), THUMB[0])
     save(_card(p.group_picture(), "MegaPortrait: group photo", "SD1.5 · every face, one identity LoRA"),
          os.path.join(wf, "megaportrait_group.jpg"), THUMB[0])
+    save(_card(p.group_picture(), "MegaPortrait: several people", "SD1.5 · each face its own person's identity LoRA"),
+         os.path.join(wf, "megaportrait_group_people.jpg"), THUMB[0])
     save(_card(p.source_grid(), "MegaPortrait: train identity", "SD1.5 · source photos -> identity LoRA"),
          os.path.join(wf, "megaportrait_train.jpg"), THUMB[0])
     # the Comfy Registry's icon (square) and banner, shipped in the pack (pyproject.toml [tool.comfy] Icon, Banner)

@@ -616,8 +616,11 @@ ZIMAGE_TE_NAME = "tiny_zimage_qwen3.safetensors"
 ZIMAGE_VAE_NAME = FLUX_VAE_NAME     # Z-Image uses the Flux VAE (ae.safetensors): the same tiny 16-channel TAESD
 ZIMAGE_UNION_NAME = "tiny_zimage_fun_union.safetensors"
 ZIMAGE_TILE_NAME = "tiny_zimage_fun_tile.safetensors"
+# stands in for the public Z-Image-Turbo training adapter (a LoRA that LoraLoaderModelOnly puts on the MODEL the
+# identity LoRA trains on, never on the samplers' MODEL): a random kohya LoRA on the main layers
+ZIMAGE_ADAPTER_NAME = "tiny_zimage_turbo_training_adapter.safetensors"
 ZIMAGE_FOLDERS = {ZIMAGE_UNET_NAME: "diffusion_models", ZIMAGE_TE_NAME: "text_encoders", ZIMAGE_VAE_NAME: "vae",
-                  ZIMAGE_UNION_NAME: "model_patches", ZIMAGE_TILE_NAME: "model_patches"}
+                  ZIMAGE_UNION_NAME: "model_patches", ZIMAGE_TILE_NAME: "model_patches", ZIMAGE_ADAPTER_NAME: "loras"}
 
 ZIMAGE_DIM = 256          # NextDiT width (the real one: 3840; Z-Image modulation needs >= 256); ComfyUI detects
                           # Z-Image only at 3840, hence TinyZImage
@@ -788,15 +791,16 @@ def build_zimage_te_sd(seed: int = 31) -> dict:
     return {k: v.to(torch.bfloat16).contiguous() for k, v in m.state_dict().items()}
 
 
-def _fun_controlnet_names(sd: dict) -> dict:
+def _fun_controlnet_names(sd: dict, dim: int = ZIMAGE_DIM) -> dict:
     """ComfyUI's ZImage_Control names -> the released Fun ControlNet file's (what ModelPatchLoader's z_image_convert
-    maps back): the fused qkv split into to_q / to_k / to_v, out -> to_out.0, q_norm / k_norm -> norm_q / norm_k."""
+    maps back): the fused qkv split into to_q / to_k / to_v, out -> to_out.0, q_norm / k_norm -> norm_q / norm_k.
+    ``dim``: the control's width (the bench writes full-size ones)."""
     out = {}
     for k, v in sd.items():
         if k.endswith(".attention.qkv.weight"):
             pre = k[:-len("qkv.weight")]
             for i, n in enumerate(("to_q", "to_k", "to_v")):
-                out[f"{pre}{n}.weight"] = v[i * ZIMAGE_DIM:(i + 1) * ZIMAGE_DIM]
+                out[f"{pre}{n}.weight"] = v[i * dim:(i + 1) * dim]
             continue
         k = (k.replace(".attention.out.", ".attention.to_out.0.").replace(".attention.q_norm.", ".attention.norm_q.")
              .replace(".attention.k_norm.", ".attention.norm_k."))
@@ -834,14 +838,26 @@ def write_zimage(models_dir: str) -> dict:
         os.makedirs(d, exist_ok=True)
         st.save_file(sd, os.path.join(d, name))
 
-    save(build_zimage_sd(), ZIMAGE_UNET_NAME)
+    unet = build_zimage_sd()
+    save(unet, ZIMAGE_UNET_NAME)
+    save(build_zimage_adapter_sd(unet), ZIMAGE_ADAPTER_NAME)
     save(build_zimage_te_sd(), ZIMAGE_TE_NAME)
     if not os.path.exists(os.path.join(models_dir, ZIMAGE_FOLDERS[ZIMAGE_VAE_NAME], ZIMAGE_VAE_NAME)):
         save(build_flux_vae_sd(), ZIMAGE_VAE_NAME)       # (write_flux writes the same file)
     save(build_zimage_control_sd(33, inpaint=True), ZIMAGE_UNION_NAME)
     save(build_zimage_control_sd(34, inpaint=False), ZIMAGE_TILE_NAME)
     return {"unet": ZIMAGE_UNET_NAME, "te": ZIMAGE_TE_NAME, "vae": ZIMAGE_VAE_NAME, "union": ZIMAGE_UNION_NAME,
-            "tile": ZIMAGE_TILE_NAME}
+            "tile": ZIMAGE_TILE_NAME, "adapter": ZIMAGE_ADAPTER_NAME}
+
+
+def build_zimage_adapter_sd(unet_sd: dict, rank: int = 4, seed: int = 35) -> dict:
+    """The tiny training adapter: a kohya LoRA on the main layers' attention and feed-forward (as the public adapter
+    covers the transformer), for the tiny NextDiT ``unet_sd``."""
+    import re
+    rx = re.compile(r"layers\.\d+\.(attention\.(qkv|out)|feed_forward\.w[123])")
+    layers = [(k[:-len(".weight")], tuple(w.shape)) for k, w in unet_sd.items()
+              if k.endswith(".weight") and w.ndim == 2 and rx.fullmatch(k[:-len(".weight")])]
+    return random_kohya_lora(layers, rank, seed)
 
 
 # ------------------------------------------------------------------------------------- quantized (scaled fp8) copies
