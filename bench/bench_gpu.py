@@ -10,19 +10,18 @@ Published anchors: ComfyUI SD1.5 512 px ~24 it/s on a fast consumer GPU; diffuse
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import torch
-from common import REPO, GpuRows, emit, machine, size_workflow
+from common import GpuRows, emit, machine, shipped_workflow
 
 # the public SD1.5 / SDXL UNet architectures, as ComfyUI's model detection describes them
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
              "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
              "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
              "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
-             "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "use_temporal_attention": False,
+             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
              "use_temporal_resblock": False}
 SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
              "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
@@ -32,24 +31,33 @@ SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_
              "use_temporal_attention": False, "use_temporal_resblock": False}
 
 
+# the SD1.x / SDXL VAE (AutoencoderKL), as ComfyUI builds it for those checkpoints
+SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+          "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+
 @torch.no_grad()
-def write_random_models(family: str, models: str) -> dict:
-    """Random full-size checkpoint, ControlNet, VAE and a rank-8 LoRA for ``family`` under ``models``."""
-    import comfy.cldm.cldm
-    import comfy.sd
+def write_random_models(family: str, models: str, tiny: bool = False) -> dict:
+    """Random checkpoint (fp16), ControlNet, VAE and a rank-8 LoRA for ``family`` under ``models``: full size, or
+    with ``tiny`` (the CPU dry run) the test suite's tiny SD1.5 UNet and text encoder around the full-size VAE."""
     import comfy.supported_models as sm
     import safetensors.torch as st
     import tiny_models
-    cfg = dict(SD15_UNET if family == "sd15" else SDXL_UNET)
-    mc = (sm.SD15 if family == "sd15" else sm.SDXL)(dict(cfg))
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    if tiny:
+        config_class, cfg = tiny_models.register()[0], dict(tiny_models.TINY_UNET_CONFIG)
+        cn_extra = {"num_heads": tiny_models.HEADS, "num_head_channels": -1}
+    else:
+        config_class, cfg = (sm.SD15, SD15_UNET) if family == "sd15" else (sm.SDXL, SDXL_UNET)
+        cn_extra = {}
+    mc = config_class(dict(cfg))
     mc.set_inference_dtype(torch.float16, None)
     base = mc.get_model({}, "")
     tiny_models._reinit(base.diffusion_model, 0)
-    target = mc.clip_target()
-    clip_model = tiny_models._reinit(target.clip(device="cpu", dtype=torch.float32), 1)
-    vae = comfy.sd.VAE(sd={})
-    tiny_models._reinit(vae.first_stage_model, 2)
-    sd = base.state_dict_for_saving(clip_model.state_dict(), vae.first_stage_model.state_dict())
+    clip_model = tiny_models._reinit(mc.clip_target().clip(device="cpu", dtype=torch.float32), 1)
+    vae = tiny_models._reinit(AutoencoderKL(ddconfig=dict(SD_VAE), embed_dim=4), 2)
+    sd = tiny_models._compat().checkpoint_state_dict(base, base.diffusion_model.state_dict(), clip_model.state_dict(),
+                                                     vae.state_dict())
     sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     for sub in ("checkpoints", "controlnet", "vae", "loras"):
         os.makedirs(os.path.join(models, sub), exist_ok=True)
@@ -59,29 +67,19 @@ def write_random_models(family: str, models: str) -> dict:
     pre = "first_stage_model."
     st.save_file({k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}, os.path.join(models, "vae", names["vae"]))
     st.save_file(tiny_models.build_lora_sd(sd, rank=8), os.path.join(models, "loras", names["lora"]))
-    cn_cfg = dict(cfg)
-    cn_cfg.pop("out_channels")
-    cn_cfg.update(hint_channels=3, dtype=torch.float32)
-    cn = tiny_models._reinit(comfy.cldm.cldm.ControlNet(**cn_cfg), 3)
-    st.save_file({k: v.half().contiguous() for k, v in cn.state_dict().items()}, os.path.join(models, "controlnet", names["cn"]))
+    cn = tiny_models._build_controlnet(cfg, 3, hint_channels=3, **cn_extra)
+    st.save_file({k: v.half().contiguous() for k, v in cn.items()}, os.path.join(models, "controlnet", names["cn"]))
     del base, clip_model, vae, cn, sd
     return names
 
 
 def pipeline_prompt(names: dict, size: int, steps: int) -> dict:
-    with open(os.path.join(REPO, "workflows", "api", "megaportrait_with_lora.json")) as f:
-        p = json.load(f)
-    for n in p.values():
-        ct, inp = n["class_type"], n["inputs"]
-        if ct == "CheckpointLoaderSimple":
-            inp["ckpt_name"] = names["ckpt"]
-        elif ct == "VAELoader":
-            inp["vae_name"] = names["vae"]
-        elif ct == "ControlNetLoader":
-            inp["control_net_name"] = names["cn"]
-        elif ct == "MegaPortraitLoadIdentityLora":
-            inp["lora_name"] = names["lora"]
-    return size_workflow(p, size, steps)
+    return shipped_workflow("megaportrait_with_lora", size, steps, {
+        "CheckpointLoaderSimple": {"ckpt_name": names["ckpt"]},
+        "VAELoader": {"vae_name": names["vae"]},
+        "ControlNetLoader": {"control_net_name": names["cn"]},
+        "MegaPortraitLoadIdentityLora": {"lora_name": names["lora"]},
+    })
 
 
 def main():
@@ -111,10 +109,10 @@ def main():
         size = 512 if fam == "sd15" else 1024
         if dry:
             size = 128
-        names = write_random_models(fam, models)
+        names = write_random_models(fam, models, tiny=dry)
         for kind, sub in (("checkpoints", "checkpoints"), ("controlnet", "controlnet"), ("vae", "vae"), ("loras", "loras")):
             h.folder_paths.add_model_folder_path(kind, os.path.join(models, sub))
-        label = "SD1.5-shaped" if fam == "sd15" else "SDXL-shaped"
+        label = "tiny SD1.5 (dry run)" if dry else "SD1.5-shaped" if fam == "sd15" else "SDXL-shaped"
         with torch.inference_mode():
             m, c, v = nodes.CheckpointLoaderSimple().load_checkpoint(names["ckpt"])[:3]
             pos = nodes.CLIPTextEncode().encode(c, "photo of sks person")[0]

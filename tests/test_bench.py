@@ -128,6 +128,33 @@ def test_zimage_gpu_bench_runs_its_code_on_the_cpu(tmp_path):
     assert r.returncode == 0 and res["rows"] == [] and "not measured" in res["skipped"]
 
 
+def test_gpu_bench_runs_its_code_on_the_cpu(tmp_path):
+    """The SD1.5/SDXL GPU bench's code (random checkpoint, VAE, ControlNet and LoRA files written by the same writer,
+    here with the tiny UNet and text encoder around the full-size VAE; the stock loaders, KSampler, the dual-strength
+    sampler, the shipped with-LoRA workflow and the trainer) runs on every host, so that a machine with a GPU
+    measures instead of failing."""
+    r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "bench_gpu.py"), "--cpu-dry-run"],
+                       capture_output=True, text=True, timeout=600, cwd=os.path.join(REPO, "bench"),
+                       env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("RESULT:")][-1][len("RESULT:"):])
+    assert res["section"] == "gpu" and res["dry_run"] is True and len(res["rows"]) == 4
+    assert all(x["op"].startswith("tiny SD1.5 (dry run)") for x in res["rows"])
+    assert all("it/s" in x["value"] or x["value"].endswith(("x", "n/a (CPU)")) for x in res["rows"])
+
+
+def test_gpu_bench_unets_have_the_public_models_sizes(comfy):
+    """The GPU bench times full-size SD1.5- and SDXL-shaped UNets: built from its configs (on the meta device: no
+    memory), they have the public models' parameter counts."""
+    from comfy import ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import bench_gpu
+    for cfg, params in ((bench_gpu.SD15_UNET, 859_520_964), (bench_gpu.SDXL_UNET, 2_567_463_684)):
+        unet = UNetModel(**cfg, device="meta", operations=ops.disable_weight_init)
+        assert sum(p.numel() for p in unet.parameters()) == params
+
+
 def test_trainer_bench_runs_its_code(tmp_path):
     """The trainer bench (ours, the plain peft loop and ComfyUI's TrainLoraNode where the host has it) runs at tiny
     sizes in one process, and its rows render; on the early-2024 host the TrainLoraNode column says why it is empty."""
