@@ -11,12 +11,11 @@ second run, which reuses it). Runs only where CUDA is available (otherwise it sa
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import torch
-from common import EXAMPLES, REPO, emit, gpu_section, ksampler_rate, machine, size_workflow, training_rate, workflow_seconds
+from common import EXAMPLES, emit, gpu_section, ksampler_rate, machine, shipped_workflow, training_rate, workflow_seconds
 
 # FLUX.1 [dev] as ComfyUI's model detection describes the public file (comfy.ldm.flux.model.Flux arguments)
 FLUX_DEV = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
@@ -70,23 +69,16 @@ def write_models(models: str, cfg: dict, te_options: dict, union_depth: tuple, p
 
 def workflow(names: dict, size: int, steps: int, train_steps: int, train_res: int) -> dict:
     """The shipped Flux workflow on these files, at ``size`` px with ``steps`` per sampler."""
-    with open(os.path.join(REPO, "workflows", "api", "megaportrait_full_flux.json")) as f:
-        p = json.load(f)
-    for n in p.values():
-        ct, inp = n["class_type"], n["inputs"]
-        if ct == "UNETLoader":
-            inp["unet_name"] = names["fill" if "fill" in inp["unet_name"] else "unet"]
-        elif ct == "DualCLIPLoader":
-            inp["clip_name1"], inp["clip_name2"] = names["clip_l"], names["t5"]
-        elif ct == "VAELoader":
-            inp["vae_name"] = names["vae"]
-        elif ct == "ControlNetLoader":
-            inp["control_net_name"] = names["union"]
-        elif ct == "MegaPortraitLoadSourcePhotos":
-            inp.update(folder="megaportrait_bench", min_photos=4, resolution=train_res)   # augmented copies of one
-        elif ct == "MegaPortraitIdentityLoraTrainer":
-            inp.update(steps=train_steps, save_name="bench/flux_identity", checkpoint_every=0, resolution=train_res)
-    return size_workflow(p, size, steps)
+    return shipped_workflow("megaportrait_full_flux", size, steps, {
+        "UNETLoader": lambda inp: {"unet_name": names["fill" if "fill" in inp["unet_name"] else "unet"]},
+        "DualCLIPLoader": {"clip_name1": names["clip_l"], "clip_name2": names["t5"]},
+        "VAELoader": {"vae_name": names["vae"]},
+        "ControlNetLoader": {"control_net_name": names["union"]},
+        "MegaPortraitLoadSourcePhotos": {"folder": "megaportrait_bench", "min_photos": 4,   # augmented copies of one
+                                         "resolution": train_res},
+        "MegaPortraitIdentityLoraTrainer": {"steps": train_steps, "save_name": "bench/flux_identity",
+                                            "checkpoint_every": 0, "resolution": train_res},
+    })
 
 
 def main():

@@ -13,12 +13,11 @@ tiny Z-Image models and tiny sizes on the CPU.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import torch
-from common import EXAMPLES, REPO, emit, gpu_section, ksampler_rate, machine, size_workflow, training_rate, workflow_seconds
+from common import EXAMPLES, emit, gpu_section, ksampler_rate, machine, shipped_workflow, training_rate, workflow_seconds
 
 # Z-Image-Turbo as ComfyUI's model detection describes the public file (comfy.ldm.lumina.model.NextDiT arguments)
 Z_IMAGE = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840, "cap_feat_dim": 2560,
@@ -68,25 +67,17 @@ def write_models(models: str, cfg: dict, te_options: dict, control: dict, prefix
 
 def workflow(names: dict, size: int, steps: int, train_steps: int, train_res: int) -> dict:
     """The shipped Z-Image workflow on these files, at ``size`` px with ``steps`` per sampler."""
-    with open(os.path.join(REPO, "workflows", "api", "megaportrait_full_zimage.json")) as f:
-        p = json.load(f)
-    for n in p.values():
-        ct, inp = n["class_type"], n["inputs"]
-        if ct == "UNETLoader":
-            inp["unet_name"] = names["unet"]
-        elif ct == "CLIPLoader":
-            inp["clip_name"] = names["te"]
-        elif ct == "VAELoader":
-            inp["vae_name"] = names["vae"]
-        elif ct == "ModelPatchLoader":
-            inp["name"] = names["union"]
-        elif ct == "LoraLoaderModelOnly":
-            inp["lora_name"] = names["adapter"]
-        elif ct == "MegaPortraitLoadSourcePhotos":
-            inp.update(folder="megaportrait_bench", min_photos=4, resolution=train_res)   # augmented copies of one
-        elif ct == "MegaPortraitIdentityLoraTrainer":
-            inp.update(steps=train_steps, save_name="bench/zimage_identity", checkpoint_every=0, resolution=train_res)
-    return size_workflow(p, size, steps)
+    return shipped_workflow("megaportrait_full_zimage", size, steps, {
+        "UNETLoader": {"unet_name": names["unet"]},
+        "CLIPLoader": {"clip_name": names["te"]},
+        "VAELoader": {"vae_name": names["vae"]},
+        "ModelPatchLoader": {"name": names["union"]},
+        "LoraLoaderModelOnly": {"lora_name": names["adapter"]},
+        "MegaPortraitLoadSourcePhotos": {"folder": "megaportrait_bench", "min_photos": 4,   # augmented copies of one
+                                         "resolution": train_res},
+        "MegaPortraitIdentityLoraTrainer": {"steps": train_steps, "save_name": "bench/zimage_identity",
+                                            "checkpoint_every": 0, "resolution": train_res},
+    })
 
 
 def main():

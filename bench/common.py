@@ -88,6 +88,18 @@ def size_workflow(prompt: dict, size: int, steps: int) -> dict:
     return prompt
 
 
+def shipped_workflow(name: str, size: int, steps: int, inputs: dict) -> dict:
+    """The shipped API workflow ``name`` with each node's inputs updated from ``inputs[class_type]`` (a dict, or a
+    function of the node's inputs that returns one), sized by size_workflow()."""
+    with open(os.path.join(REPO, "workflows", "api", name + ".json")) as f:
+        prompt = json.load(f)
+    for n in prompt.values():
+        new = inputs.get(n["class_type"])
+        if new is not None:
+            n["inputs"].update(new(n["inputs"]) if callable(new) else new)
+    return size_workflow(prompt, size, steps)
+
+
 _h = None
 
 

@@ -285,7 +285,7 @@ def load_image_file(path: str) -> torch.Tensor:
     from PIL import Image, ImageOps
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im).convert("RGB")
-        arr = np.asarray(im, dtype=np.uint8)
+        arr = np.array(im, dtype=np.uint8)   # a writable copy: torch.from_numpy warns on a read-only PIL buffer
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"it decodes to an empty image {arr.shape}")
     return torch.from_numpy(arr).float().div_(255.0)

@@ -176,6 +176,32 @@ def zimage(comfy):
     out.clear()
 
 
+def assert_cancel_and_resume_is_exact(train, args: tuple, stop_at: int) -> None:
+    """Train with ``train`` (train_identity_lora) on ``args`` (its positional arguments, the LoRA path last)
+    uninterrupted, then again with a Cancel after step ``stop_at``, then resumed: the resume file holds step
+    ``stop_at``, and the resumed run's losses and LoRA equal the uninterrupted run's bit for bit."""
+    import comfy.model_management as mm
+    import safetensors
+    resume_file = args[-1].replace(".safetensors", ".megaportrait-resume")
+    with torch.inference_mode():
+        ref_sd, ref, _ = train(*args, resume="off", checkpoint_every=0)
+
+        def cancel(step, loss, losses):
+            if step == stop_at:
+                mm.interrupt_current_processing(True)
+        try:
+            with pytest.raises(mm.InterruptProcessingException):
+                train(*args, resume="off", checkpoint_every=0, on_progress=cancel)
+        finally:
+            mm.interrupt_current_processing(False)
+        with safetensors.safe_open(resume_file, "pt") as f:
+            assert f.metadata()["step"] == str(stop_at)
+        sd, resumed, _ = train(*args, resume="auto")
+    assert resumed.losses == ref.losses
+    assert sd.keys() == ref_sd.keys() and all(torch.equal(sd[k], ref_sd[k]) for k in sd)
+    os.unlink(resume_file)
+
+
 def pack_node_names() -> list[str]:
     return sorted(import_pack().NODE_CLASS_MAPPINGS)
 

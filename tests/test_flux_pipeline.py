@@ -5,9 +5,8 @@ import os
 
 import numpy as np
 import pytest
-import safetensors
 import torch
-from conftest import EXAMPLES, image_tensor
+from conftest import EXAMPLES, assert_cancel_and_resume_is_exact, image_tensor
 
 LORA = "tiny_flux_lora.safetensors"   # the tiny kohya Flux LoRA the test setup writes
 
@@ -153,26 +152,10 @@ def test_flux_lora_trains_saves_kohya_and_loads_in_the_stock_loader(P, flux, com
 
 
 def test_flux_resume_matches_an_uninterrupted_run(P, flux, comfy, photos):
-    import comfy.model_management as mm
     cfg = P.lt.TrainConfig(steps=10, learning_rate=1e-3, rank=4, alpha=4, batch_size=2, resolution=64)
     path = os.path.join(comfy.models_dir, "loras", "test", "flux_resume.safetensors")
     args = ("T", flux["model"], flux["clip"], flux["vae"], photos, "photo of sks person", cfg, path)
-    with torch.inference_mode():
-        ref_sd, ref, _ = P.lc.train_identity_lora(*args, resume="off", checkpoint_every=0)
-
-        def stop_at_4(step, loss, losses):
-            if step == 4:
-                mm.interrupt_current_processing(True)
-        with pytest.raises(mm.InterruptProcessingException):
-            P.lc.train_identity_lora(*args, resume="off", checkpoint_every=0, on_progress=stop_at_4)
-        mm.interrupt_current_processing(False)
-        resume_file = path.replace(".safetensors", ".megaportrait-resume")
-        with safetensors.safe_open(resume_file, "pt") as f:
-            assert f.metadata()["step"] == "4"
-        sd, resumed, _ = P.lc.train_identity_lora(*args, resume="auto")
-    assert resumed.losses == ref.losses
-    assert sd.keys() == ref_sd.keys() and all(torch.equal(sd[k], ref_sd[k]) for k in sd)
-    os.unlink(resume_file)
+    assert_cancel_and_resume_is_exact(P.lc.train_identity_lora, args, stop_at=4)
 
 
 def test_flux_train_once_and_fill_is_refused(P, flux, comfy, photos):

@@ -8,7 +8,7 @@ import pytest
 import safetensors
 import safetensors.torch as st
 import torch
-from conftest import EXAMPLES, image_tensor, load_png
+from conftest import EXAMPLES, assert_cancel_and_resume_is_exact, image_tensor, load_png
 
 SRC = "mp_source"
 
@@ -220,23 +220,11 @@ def test_interrupt_keeps_checkpoint_and_resume_matches(comfy, il, photos):
 
 
 def test_loss_trajectory_after_resume(comfy, il, photos):
-    import comfy.model_management as mm
     m, c, v = loaders(comfy)
     cfg = il.TrainConfig(steps=16, learning_rate=1e-3, rank=4, alpha=4, batch_size=2, resolution=64)
     path = os.path.join(comfy.models_dir, "loras", "test", "traj.safetensors")
-    with torch.inference_mode():
-        _, ref, _ = il.train_identity_lora("T", m, c, v, photos, "photo of sks person", cfg, path, resume="off",
-                                           checkpoint_every=0)
-
-        def stop_at_5(step, loss, losses):
-            if step == 5:
-                mm.interrupt_current_processing(True)
-        with pytest.raises(mm.InterruptProcessingException):
-            il.train_identity_lora("T", m, c, v, photos, "photo of sks person", cfg, path, resume="off",
-                                   checkpoint_every=0, on_progress=stop_at_5)
-        _, resumed, _ = il.train_identity_lora("T", m, c, v, photos, "photo of sks person", cfg, path, resume="auto")
-    assert resumed.losses == ref.losses
-    os.unlink(path.replace(".safetensors", ".megaportrait-resume"))
+    assert_cancel_and_resume_is_exact(il.train_identity_lora, ("T", m, c, v, photos, "photo of sks person", cfg, path),
+                                      stop_at=5)
 
 
 def test_sdxl_trains_unet_and_both_text_encoders(comfy, il, photos):

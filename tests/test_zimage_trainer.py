@@ -8,9 +8,8 @@ import re
 
 import numpy as np
 import pytest
-import safetensors
 import torch
-from conftest import EXAMPLES, image_tensor
+from conftest import EXAMPLES, assert_cancel_and_resume_is_exact, image_tensor
 
 PROMPT = "photo of sks person"
 
@@ -173,26 +172,10 @@ def test_zimage_lora_trains_saves_kohya_and_loads_fully_in_the_stock_loader(P, z
 
 
 def test_zimage_resume_matches_an_uninterrupted_run(P, zimage, comfy, photos):
-    from comfy import model_management as mm
     cfg = P.lt.TrainConfig(steps=8, learning_rate=1e-3, rank=4, alpha=4, batch_size=2, resolution=64)
     path = _lora_path(comfy, "zimage_resume.safetensors")
     args = ("T", zimage["model"], zimage["clip"], zimage["vae"], photos, PROMPT, cfg, path)
-    with torch.inference_mode():
-        ref_sd, ref, _ = P.lc.train_identity_lora(*args, resume="off", checkpoint_every=0)
-
-        def stop_at_3(step, loss, losses):
-            if step == 3:
-                mm.interrupt_current_processing(True)
-        with pytest.raises(mm.InterruptProcessingException):
-            P.lc.train_identity_lora(*args, resume="off", checkpoint_every=0, on_progress=stop_at_3)
-        mm.interrupt_current_processing(False)
-        resume_file = path.replace(".safetensors", ".megaportrait-resume")
-        with safetensors.safe_open(resume_file, "pt") as f:
-            assert f.metadata()["step"] == "3"
-        sd, resumed, _ = P.lc.train_identity_lora(*args, resume="auto")
-    assert resumed.losses == ref.losses
-    assert sd.keys() == ref_sd.keys() and all(torch.equal(sd[k], ref_sd[k]) for k in sd)
-    os.unlink(resume_file)
+    assert_cancel_and_resume_is_exact(P.lc.train_identity_lora, args, stop_at=3)
 
 
 def test_resume_files_without_a_text_width_still_resume(P, tmp_path):
