@@ -240,7 +240,7 @@ class Harmonize:
             raise MegaPortraitError(node, f"working_resolution {working_resolution} is not a multiple of 8.", "use 512 or 1024.")
         per_person = {}
         if people is not None:      # several people: each seam with the model of the person whose face it surrounds
-            for person, _ in people_mod.groups(node, people, len(getattr(people, "faces", ())) or -1, "people"):
+            for person, _ in people_mod.groups(node, people, len(getattr(people, "faces", ())), "people"):
                 pm, pp = person.model, person.positive or positive
                 if inpaint_model is not None:
                     pm, pp = inpaint_setup(node, pm, inpaint_model, pp, person.lora_name or lora_name,

@@ -245,17 +245,9 @@ class DualStrengthIdentitySampler:
                                             vae)[:2]
             return dual_sample(node, m, pos, neg, lat, seed, steps, cfg, sampler_name, scheduler, reference_denoise,
                                source_denoise, reference_model, share_passes)[:2]
-        if people is None:
-            ref, src = run(model, positive, latent, hint)
-        else:       # several people: each person's faces with their own model (and prompt)
-            n = latent["samples"].shape[0]
-            refs, srcs = [], []
-            for person, idx in people_mod.groups(node, people, n, "image"):
-                r, s = run(person.model, person.positive or positive, people_mod.pick(latent, idx),
-                           people_mod.pick(hint, idx))
-                refs.append((idx, r))
-                srcs.append((idx, s))
-            ref, src = people_mod.scatter(refs, n), people_mod.scatter(srcs, n)
+        # several people: each person's faces with their own model (and prompt)
+        ref, src = people_mod.per_person(node, people, model, positive, latent["samples"].shape[0], "image", run,
+                                         latent, hint)
         out_ref, out_src = latent.copy(), latent.copy()
         out_ref["samples"], out_src["samples"] = ref, src
         for o in (out_ref, out_src):

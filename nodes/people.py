@@ -174,6 +174,18 @@ def scatter(parts: list, n: int):
     return out
 
 
+def per_person(node: str, people, model, positive, n: int, what: str, sample_one, *batches) -> tuple:
+    """``sample_one(model, positive, *batches) -> (tensor, ...)`` (each of the batch's ``n`` items) on the whole
+    batch, or, with ``people``, on each person's items with their MODEL and prompt (else ``positive``), each of
+    ``batches`` (tensors, LATENTs or None) picked to those items (:func:`pick`), the outputs put back together in the
+    batch's order (:func:`scatter`)."""
+    if people is None:
+        return sample_one(model, positive, *batches)
+    parts = [(idx, sample_one(person.model, person.positive or positive, *(pick(b, idx) for b in batches)))
+             for person, idx in groups(node, people, n, what)]
+    return tuple(scatter([(idx, out[k]) for idx, out in parts], n) for k in range(len(parts[0][1])))
+
+
 def person_of_part(people: People, image_index: int, part_box: tuple[int, int, int, int]) -> Person | None:
     """The person whose face centre (in image ``image_index``) is nearest to the centre of a mask part's box (a
     seam surrounds its face); None when no face of that image is assigned."""

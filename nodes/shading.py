@@ -115,15 +115,9 @@ def _check_people(node: str, people, light_map, hf_map) -> None:
 def _per_person(node: str, people, model, positive, light_map, hf_map, latent: dict, sample_one) -> dict:
     """``sample_one(model, positive, light_map, hf_map, latent) -> LATENT`` on the whole batch, or, with ``people``,
     on each person's faces with their own MODEL (and prompt), put back together in the batch's order."""
-    if people is None:
-        return sample_one(model, positive, light_map, hf_map, latent)
-    n = latent["samples"].shape[0]
-    parts = []
-    for person, idx in people_mod.groups(node, people, n, "the maps"):
-        o = sample_one(person.model, person.positive or positive, people_mod.pick(light_map, idx),
-                       people_mod.pick(hf_map, idx), people_mod.pick(latent, idx))
-        parts.append((idx, o["samples"]))
-    return {**latent, "samples": people_mod.scatter(parts, n)}
+    samples, = people_mod.per_person(node, people, model, positive, latent["samples"].shape[0], "the maps",
+                                     lambda *args: (sample_one(*args)["samples"],), light_map, hf_map, latent)
+    return {**latent, "samples": samples}
 
 
 def _check_numbers(node: str, light_strength, light_start, light_end, hf_strength, hf_start, hf_end, cfg, denoise):
