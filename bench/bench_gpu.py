@@ -14,7 +14,7 @@ import os
 import time
 
 import torch
-from common import GpuRows, emit, machine, shipped_workflow
+from common import GpuRows, emit, ksampler_rate, machine, shipped_workflow, training_rate, workflow_seconds
 
 # the public SD1.5 / SDXL UNet architectures, as ComfyUI's model detection describes them
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -119,14 +119,8 @@ def main():
             neg = nodes.CLIPTextEncode().encode(c, "blurry")[0]
             steps = 2 if dry else 20
             lat = nodes.EmptyLatentImage().generate(size, size, 1)[0]
-            nodes.KSampler().sample(m, 0, 1, 7.0, "euler", "normal", pos, neg, lat)        # warm-up
-            peak_reset()
-            t0 = time.perf_counter()
-            nodes.KSampler().sample(m, 0, steps, 7.0, "euler", "normal", pos, neg, lat)
-            if cuda:
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            add(f"{label}: KSampler {size}x{size}, cfg 7, euler ({steps} steps)", f"{steps / dt:.2f} it/s, peak VRAM {peak_gb()}")
+            rate = ksampler_rate(out, m, pos, neg, lat, steps, "euler", cfg=7.0, scheduler="normal")
+            add(f"{label}: KSampler {size}x{size}, cfg 7, euler ({steps} steps)", f"{rate:.2f} it/s, peak VRAM {peak_gb()}")
             img = torch.rand(1, size, size, 3)
             enc = {"samples": v.encode(img)}
             t0 = time.perf_counter()
@@ -140,25 +134,18 @@ def main():
                 f"{t_dual:.2f} s vs {t_two:.2f} s = {t_dual / t_two:.2f}x")
         # the whole workflow (with an identity LoRA)
         wf_steps = 2 if dry else 25
-        prompt = pipeline_prompt(names, size, wf_steps)
-        h.run(prompt)
-        peak_reset()
-        t0 = time.perf_counter()
-        h.run(prompt)
+        seconds = workflow_seconds(h, pipeline_prompt(names, size, wf_steps), out)
         add(f"{label}: whole with-LoRA workflow at {size} px ({wf_steps} steps per sampler)",
-            f"{time.perf_counter() - t0:.1f} s, peak VRAM {peak_gb()}")
+            f"{seconds:.1f} s, peak VRAM {peak_gb()}")
         # trainer
         tsteps = 3 if dry else 40
         cfg = lt.TrainConfig(steps=tsteps, learning_rate=1e-4, rank=8, alpha=8, batch_size=1, resolution=size, flip=False)
         photos = torch.rand(4, size, size, 3)
-        stamps = []
         peak_reset()
         with torch.inference_mode():
-            lc.train_identity_lora("bench", m, c, v, photos, "photo of sks person", cfg,
-                                   os.path.join(models, "loras", f"bench_{fam}.safetensors"), resume="off",
-                                   checkpoint_every=0, gradient_checkpointing=(fam == "sdxl"),
-                                   on_progress=lambda s, l, ls: stamps.append(time.perf_counter()))
-        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+            rate = training_rate(lc.train_identity_lora, "bench", m, c, v, photos, "photo of sks person", cfg,
+                                 os.path.join(models, "loras", f"bench_{fam}.safetensors"), resume="off",
+                                 checkpoint_every=0, gradient_checkpointing=(fam == "sdxl"))
         add(f"{label}: identity LoRA training at {size} px, batch 1, rank 8"
             + (", gradient checkpointing" if fam == "sdxl" else ""),
             f"{rate:.2f} it/s, 1000 steps = {1000 / rate / 60:.1f} min, peak VRAM {peak_gb()}")

@@ -191,16 +191,16 @@ def gpu_section(section: str, family: str, supported: str, folders: tuple) -> tu
     return h, models, not cuda, GpuRows(cuda)
 
 
-def ksampler_rate(out: GpuRows, model, positive, negative, latent: dict, steps: int, sampler: str) -> float:
-    """KSampler it/s (cfg 1, ``sampler`` with the simple schedule) after a one-step warm-up that loads the model;
-    the peak VRAM mark is reset after the warm-up."""
+def ksampler_rate(out: GpuRows, model, positive, negative, latent: dict, steps: int, sampler: str, cfg: float = 1.0,
+                  scheduler: str = "simple") -> float:
+    """KSampler it/s after a one-step warm-up that loads the model; the peak VRAM mark is reset after the warm-up."""
     import torch
 
     import nodes
-    nodes.KSampler().sample(model, 0, 1, 1.0, sampler, "simple", positive, negative, latent)
+    nodes.KSampler().sample(model, 0, 1, cfg, sampler, scheduler, positive, negative, latent)
     out.peak_reset()
     t0 = time.perf_counter()
-    nodes.KSampler().sample(model, 0, steps, 1.0, sampler, "simple", positive, negative, latent)
+    nodes.KSampler().sample(model, 0, steps, cfg, sampler, scheduler, positive, negative, latent)
     if out.cuda:
         torch.cuda.synchronize()
     return steps / (time.perf_counter() - t0)
